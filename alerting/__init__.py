@@ -1,0 +1,1 @@
+"""Alert rules (pure) and their delivery adapters."""

@@ -1,0 +1,171 @@
+"""The flow's configuration: one frozen, typed object built once at start-up.
+
+Precedence (highest first): ``PM_``-prefixed environment variables (nested fields with
+``__``, e.g. ``PM_ALERTS__RUL_WARNING_HOURS=48``), the YAML file named by ``PM_CONFIG``,
+then the defaults below. Secrets (database and Redis URLs, Apprise URLs, Kafka client
+settings) are masked when printed.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class SimulatorSettings(_Section):
+    """The built-in simulator used by ``PM_SOURCE=simulator``."""
+
+    num_equipment: int = Field(16, ge=1)
+    equipment_types: tuple[str, ...] = ("turbofan_engine", "pump")
+    readings: int | None = Field(None, ge=1, description="per equipment; None = to failure")
+    seed: int = 7
+    healthy_fraction: float = Field(0.25, ge=0.0, le=1.0)
+    faults: tuple[str, ...] = ()
+    fault_rate: float = Field(0.0, ge=0.0, le=1.0)
+    partitions: int = Field(2, ge=1, description="source partitions spread over workers")
+
+
+class FeatureSettings(_Section):
+    """Window features; must match what the model was trained with."""
+
+    windows: tuple[int, ...] = (10, 30, 60)
+    fft_enabled: bool = True
+    fft_bands: int = Field(4, ge=1)
+
+
+class AnomalySettings(_Section):
+    n_trees: int = Field(10, ge=1)
+    height: int = Field(6, ge=1)
+    window_size: int = Field(50, ge=2)
+    warmup: int = Field(60, ge=2)
+    calibration_size: int = Field(500, ge=10)
+    seed: int = 0
+
+
+class AlertSettings(_Section):
+    """Alert thresholds (see alerting.rules.Thresholds for their meaning)."""
+
+    rul_warning_hours: float = 72.0
+    rul_critical_hours: float = 24.0
+    health_warning: float = 0.7
+    health_critical: float = 0.4
+    anomaly_warning: float = 0.9
+    anomaly_critical: float = 0.98
+    hysteresis: float = 0.1
+    cooldown_s: float = 3600.0
+    anomaly_min_consecutive: int = 3
+    use_rul_lower_bound: bool = False
+
+
+class KafkaSettings(_Section):
+    input_topic: str = "raw_sensor_data"
+    predictions_topic: str = "predictions"
+    alerts_topic: str = "alerts"
+    dlq_topic: str = "raw_sensor_data.dlq"
+    batch_size: int = Field(1000, ge=1)
+    tail: bool = True
+    client_config: dict[str, SecretStr] = Field(
+        default_factory=dict, description="librdkafka settings, e.g. SASL/SSL (secret)"
+    )
+
+
+class PostgresSettings(_Section):
+    buffer_size: int = Field(1000, ge=1)
+    write_interval_seconds: float = Field(10.0, gt=0)
+    migrate_on_start: bool = True
+
+
+class Settings(BaseSettings):
+    """Everything the flow needs to know, from defaults, ``PM_CONFIG`` YAML and ``PM_*``."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="PM_", env_nested_delimiter="__", frozen=True, extra="forbid"
+    )
+
+    source: str = "simulator"
+    output: str = "console"
+    model: str = str(PROJECT_DIR / "artifacts" / "model")
+    mlflow_tracking_uri: str = f"sqlite:///{PROJECT_DIR / 'mlflow.db'}"
+    update_interval_seconds: float = Field(300.0, gt=0)
+    predict_every: int = Field(1, ge=1, description="predict every N readings per equipment")
+    allowed_lateness_s: float = Field(3600.0, ge=0)
+    idle_expiry_s: float = Field(7 * 24 * 3600.0, gt=0)
+    health_anomaly_weight: float = Field(0.3, ge=0.0, le=1.0)
+    kafka_brokers: str = "127.0.0.1:9092"
+    database_url: SecretStr | None = None
+    redis_url: SecretStr | None = None
+    apprise_urls: Annotated[tuple[SecretStr, ...], NoDecode] = ()
+    metrics_port: int | None = None
+    dead_letter_path: str | None = None
+
+    simulator: SimulatorSettings = SimulatorSettings()
+    features: FeatureSettings = FeatureSettings()
+    anomaly: AnomalySettings = AnomalySettings()
+    alerts: AlertSettings = AlertSettings()
+    kafka: KafkaSettings = KafkaSettings()
+    postgres: PostgresSettings = PostgresSettings()
+
+    @field_validator("apprise_urls", mode="before")
+    @classmethod
+    def _split_urls(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(u.strip() for u in value.split(",") if u.strip())
+        return value
+
+    @field_validator("source")
+    @classmethod
+    def _check_source(cls, value: str) -> str:
+        kind, _, arg = value.partition(":")
+        if kind in ("simulator", "kafka") and not arg:
+            return value
+        if kind in ("cmapss", "jsonl") and arg:
+            return value
+        raise ValueError(
+            f"source must be simulator, kafka, cmapss:PATH or jsonl:PATH; got {value!r}"
+        )
+
+    @field_validator("output")
+    @classmethod
+    def _check_output(cls, value: str) -> str:
+        kind, _, arg = value.partition(":")
+        if (kind == "console" and not arg) or (kind == "jsonl" and arg) or kind == "none":
+            return value
+        raise ValueError(f"output must be console, jsonl:PATH or none; got {value!r}")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        yaml_path = os.environ.get("PM_CONFIG")
+        if yaml_path:
+            if not Path(yaml_path).is_file():
+                raise FileNotFoundError(f"PM_CONFIG names a missing file: {yaml_path}")
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=yaml_path))
+        return tuple(sources)
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build the settings once at start-up; keyword arguments win over everything."""
+    return Settings(**overrides)
