@@ -65,11 +65,11 @@ class AlertSettings(_Section):
     rul_critical_hours: float = 24.0
     health_warning: float = 0.7
     health_critical: float = 0.4
-    anomaly_warning: float = 0.9
-    anomaly_critical: float = 0.98
+    anomaly_warning: float = 0.99
+    anomaly_critical: float = 0.999
     hysteresis: float = 0.1
-    cooldown_s: float = 3600.0
-    anomaly_min_consecutive: int = 3
+    cooldown_s: float = 21600.0
+    anomaly_min_consecutive: int = 5
     use_rul_lower_bound: bool = False
 
 

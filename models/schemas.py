@@ -76,6 +76,7 @@ class DeadLetter:
     equipment_id: str | None = None
     ts_ms: int | None = None
     raw: bytes | None = None  # the original bytes, when the input had bytes (Kafka DLQ)
+    key: bytes | None = None  # the original Kafka message key, when there was one
 
     def to_json_dict(self) -> dict[str, Any]:
         return {

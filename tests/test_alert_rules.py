@@ -23,7 +23,11 @@ from alerting.rules import (
 from models.schemas import Alert, Prediction
 
 T0_MS = 1_795_770_000_000  # 2026-11-27T09:00:00Z
-TH = Thresholds()
+# The values these tests were written against (explicit, so changing a default does not
+# silently change what they check).
+TH = Thresholds(
+    anomaly_warning=0.9, anomaly_critical=0.98, anomaly_min_consecutive=3, cooldown_s=3600.0
+)
 
 
 def pred(t_s: float = 0.0, **kw: Any) -> Prediction:
@@ -149,7 +153,8 @@ def test_hysteresis_holds_the_episode_until_past_the_margin() -> None:
 
 
 def test_hysteresis_for_higher_is_worse_clears_below_the_margin() -> None:
-    th = Thresholds(anomaly_min_consecutive=1)  # warning 0.9 -> clears at <= 0.81
+    th = Thresholds(anomaly_warning=0.9, anomaly_critical=0.98, anomaly_min_consecutive=1)
+    # warning 0.9 -> clears at <= 0.81
     out = run(AlertState(), th, anomaly_score=[0.95, 0.85, 0.82, 0.81])
     assert [brief(x) for x in out] == [
         [(ANOMALY_HIGH, "firing", "warning")],
@@ -296,7 +301,7 @@ def test_anomaly_escalation_also_needs_the_streak() -> None:
 
 
 def test_anomaly_min_consecutive_one_fires_at_once() -> None:
-    th = Thresholds(anomaly_min_consecutive=1)
+    th = Thresholds(anomaly_warning=0.9, anomaly_critical=0.98, anomaly_min_consecutive=1)
     assert brief(evaluate(AlertState(), pred(anomaly_score=0.99), th)) == [
         (ANOMALY_HIGH, "firing", "critical")
     ]

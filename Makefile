@@ -1,0 +1,72 @@
+# The README's two commands: `make run` (embedded demo, no services) and `make test`.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3.12 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+MODEL_DIR := artifacts/model
+DEFAULT_MODEL := $(MODEL_DIR)/turbofan_engine.onnx
+SERVICES_DIR ?= $(CURDIR)/.services
+export PM_SERVICES_DIR := $(SERVICES_DIR)
+
+.PHONY: help install run train test test-unit services-up services-down health lint format bench clean
+
+help:
+	@echo "make run            embedded demo: simulator in, console out (no services needed)"
+	@echo "make test           start Kafka, PostgreSQL, Redis on 127.0.0.1 and run every test"
+	@echo "make train          train, validate, export ONNX and register the model in MLflow"
+	@echo "make bench          throughput benchmarks (a table)"
+	@echo "make services-up    start the local services; make services-down stops them"
+	@echo "make lint           ruff check, ruff format --check, mypy"
+
+$(STAMP): pyproject.toml
+	@v=$$($(PYTHON) -c 'import sys; print("%d.%d" % sys.version_info[:2])'); \
+	 case $$v in 3.11|3.12) ;; *) echo "need Python 3.11 or 3.12, found $$v ($(PYTHON))"; exit 1;; esac
+	@test -x $(PY) || { echo "creating $(VENV)"; $(PYTHON) -m venv $(VENV); }
+	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip
+	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[dev]"
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+$(DEFAULT_MODEL): | $(STAMP)
+	@echo "no model at $(MODEL_DIR): training the default demo model (about a minute)"
+	$(PY) -m models.train --quick --no-mlflow --out $(MODEL_DIR)
+
+run: $(STAMP) $(DEFAULT_MODEL)
+	$(PY) -m bytewax.run flows.main
+
+train: $(STAMP)
+	$(PY) -m models.train --out $(MODEL_DIR)
+
+services-up:
+	infra/scripts/services.sh up
+
+services-down:
+	infra/scripts/services.sh down
+
+health:
+	infra/scripts/health-check.sh
+
+test: $(STAMP) services-up
+	set -a && . "$(SERVICES_DIR)/env" && set +a && PM_REQUIRE_SERVICES=1 $(PY) -m pytest
+
+test-unit: $(STAMP)
+	$(PY) -m pytest -m "not integration"
+
+bench: $(STAMP) $(DEFAULT_MODEL)
+	$(PY) -m tests.bench
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy models alerting connectors
+
+format: $(STAMP)
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+clean:
+	rm -rf artifacts out .pytest_cache

@@ -1,0 +1,53 @@
+"""Prometheus metrics of the flow (prometheus_client default registry).
+
+They are served on ``/metrics`` with Bytewax's own metrics when ``PM_METRICS_PORT`` is set
+(see :func:`serve`). Names and labels are part of the interface: dashboards and alert rules
+under ``infra/`` use them.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import Counter, Gauge, Histogram
+
+READINGS = Counter("pm_readings_total", "Valid readings taken in", ["equipment_type"])
+DEAD_LETTERS = Counter(
+    "pm_dead_letters_total", "Readings not used, by reason", ["reason"]
+)  # parse | late | duplicate | consumer
+PREDICTIONS = Counter("pm_predictions_total", "Predictions emitted", ["equipment_type", "status"])
+ALERTS = Counter("pm_alerts_total", "Alert transitions emitted", ["rule", "severity", "state"])
+ALERT_DELIVERIES = Counter(
+    "pm_alert_deliveries_total", "Alert notifications", ["result"]
+)  # sent | failed | duplicate
+EVENT_LAG = Histogram(
+    "pm_event_lag_seconds",
+    "Wall clock minus event time when a prediction is emitted",
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600, float("inf")),
+)
+SINK_BATCH = Histogram(
+    "pm_sink_batch_size", "Items per sink write", ["sink"],
+    buckets=(1, 10, 50, 100, 500, 1000, 5000, 10000, float("inf")),
+)  # fmt: skip
+SINK_SECONDS = Histogram("pm_sink_write_seconds", "Sink write latency", ["sink"])
+SINK_ERRORS = Counter("pm_sink_errors_total", "Sink write errors (retried)", ["sink"])
+MODEL_INFO = Gauge("pm_model_info", "Model in use (value 1)", ["equipment_type", "name", "version"])
+MODEL_RELOADS = Counter("pm_model_reloads_total", "Model reload attempts", ["result"])
+ANOMALY_SCORE = Histogram(
+    "pm_anomaly_score", "Anomaly scores", ["equipment_type"],
+    buckets=(0.1, 0.5, 0.9, 0.95, 0.99, 1.0),
+)  # fmt: skip
+EQUIPMENT_ACTIVE = Gauge("pm_equipment_active", "Equipment with state in this process")
+
+
+def serve(port: int) -> None:
+    """Expose ``/metrics`` through Bytewax's built-in API server (which also serves the
+    whole prometheus_client registry). Must run before the dataflow starts."""
+    os.environ["BYTEWAX_DATAFLOW_API_ENABLED"] = "1"
+    os.environ["BYTEWAX_DATAFLOW_API_PORT"] = str(port)
+
+
+def sink_observer(sink: str, n: int, seconds: float) -> None:
+    """Record one sink write (for sinks that take a metrics hook)."""
+    SINK_BATCH.labels(sink).observe(n)
+    SINK_SECONDS.labels(sink).observe(seconds)

@@ -1,0 +1,166 @@
+"""The predictive-maintenance dataflow, wired by :func:`build_flow` (see ``flows.main``).
+
+source → parse_reading ─bad→ dead letters
+           └→ key_on_equipment → equipment_state (window, dedup, late, River score)
+              → predict_rul (batched ONNX) → evaluate_alerts → alerts
+Predictions, alerts and dead letters go to the configured outputs. Step ids are part of
+the recovery schema: renaming one resets its state.
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+from typing import Any
+
+import bytewax.operators as op
+from bytewax.dataflow import Dataflow, Stream
+from bytewax.inputs import Source
+from bytewax.outputs import Sink
+
+from connectors import metrics
+from connectors.kafka_io import RawRecord
+from connectors.settings import Settings, load_settings
+from connectors.sinks import ConsoleSink, JsonlSink
+from flows.steps import AlertLogic, EquipmentLogic, Runtime, predict_items
+from models.parsing import parse_reading
+from models.schemas import DeadLetter, Reading
+
+log = logging.getLogger(__name__)
+
+
+def parse(record: RawRecord) -> Reading | DeadLetter:
+    result = parse_reading(record.payload, record.origin)
+    if isinstance(result, Reading):
+        metrics.READINGS.labels(result.equipment_type).inc()
+    else:
+        metrics.DEAD_LETTERS.labels("parse").inc()
+        if isinstance(record.payload, bytes):
+            result = DeadLetter(
+                result.reason, result.payload, result.origin, result.equipment_id,
+                result.ts_ms, raw=record.payload, key=record.key,
+            )  # fmt: skip
+    return result
+
+
+def build_source(flow: Dataflow, settings: Settings) -> tuple[Stream[Any], Stream[DeadLetter]]:
+    """The configured input as a stream of raw records, plus source-level dead letters."""
+    kind, _, arg = settings.source.partition(":")
+    if kind == "kafka":
+        from connectors.kafka_io import kafka_input
+
+        out = kafka_input(
+            "kafka_input",
+            flow,
+            brokers=settings.kafka_brokers.split(","),
+            topic=settings.kafka.input_topic,
+            client_config={
+                k: v.get_secret_value() for k, v in settings.kafka.client_config.items()
+            },
+            batch_size=settings.kafka.batch_size,
+            tail=settings.kafka.tail,
+        )
+        return out.oks, out.errs
+    from connectors import sources
+
+    source: Source[Any]
+    if kind == "simulator":
+        from connectors.simulator import SimConfig
+
+        sim = settings.simulator
+        source = sources.simulator_source(
+            SimConfig(
+                num_equipment=sim.num_equipment,
+                equipment_types=sim.equipment_types,
+                readings=sim.readings,
+                seed=sim.seed,
+                healthy_fraction=sim.healthy_fraction,
+                faults=sim.faults,
+                fault_rate=sim.fault_rate,
+            ),
+            partitions=sim.partitions,
+        )
+    elif kind == "cmapss":
+        source = sources.cmapss_source(arg)
+    else:
+        source = sources.jsonl_source(arg)
+    return op.input("source", flow, source), _empty(flow)
+
+
+def _empty(flow: Dataflow) -> Stream[DeadLetter]:
+    from bytewax.testing import TestingSource
+
+    return op.input("no_source_errors", flow, TestingSource([]))
+
+
+def build_flow(
+    settings: Settings,
+    *,
+    source: Source[Any] | None = None,
+    output: Sink[Any] | None = None,
+) -> Dataflow:
+    """Wire the dataflow. ``source`` and ``output`` override the configured input and the
+    embedded output (tests pass ``TestingSource``/``TestingSink``)."""
+    runtime = Runtime.from_settings(settings)
+    flow = Dataflow("predictive_maintenance")
+    if source is not None:
+        raw, source_errors = op.input("source", flow, source), _empty(flow)
+    else:
+        raw, source_errors = build_source(flow, settings)
+
+    parsed = op.map("parse_reading", raw, parse)
+    valid = op.branch("split_valid", parsed, lambda x: isinstance(x, Reading))
+    keyed = op.key_on("key_on_equipment", valid.trues, lambda r: r.equipment_id)
+
+    def equipment_builder(resume: bytes | None) -> EquipmentLogic:
+        return EquipmentLogic(runtime, pickle.loads(resume) if resume else None)
+
+    state_out = op.stateful_batch("equipment_state", keyed, equipment_builder)
+    scored = op.branch("split_late", state_out, lambda kv: not isinstance(kv[1], DeadLetter))
+    predictions = op.flat_map_batch(
+        "predict_rul", scored.trues, lambda items: predict_items(runtime, items)
+    )
+
+    def alert_builder(resume: bytes | None) -> AlertLogic:
+        return AlertLogic(runtime.thresholds, pickle.loads(resume) if resume else None)
+
+    alerts = op.stateful_batch("evaluate_alerts", predictions, alert_builder)
+    dead = op.merge(
+        "dead_letters",
+        valid.falses,
+        op.map("late_letters", scored.falses, lambda kv: kv[1]),
+        source_errors,
+    )
+
+    embedded = output if output is not None else _embedded_output(settings)
+    if embedded is not None:
+        everything = op.merge(
+            "all_outputs",
+            op.map("prediction_values", predictions, lambda kv: kv[1]),
+            op.map("alert_values", alerts, lambda kv: kv[1]),
+            dead,
+        )
+        op.output("embedded_output", op.key_on("key_output", everything, _key), embedded)
+    return flow
+
+
+def _key(item: Any) -> str:
+    return getattr(item, "equipment_id", None) or "-"
+
+
+def _embedded_output(settings: Settings) -> Sink[Any] | None:
+    kind, _, arg = settings.output.partition(":")
+    if kind == "console":
+        return ConsoleSink()
+    if kind == "jsonl":
+        return JsonlSink(arg)
+    return None
+
+
+def main_flow() -> Dataflow:
+    """The flow ``python -m bytewax.run flows.main`` runs: settings from the environment."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    settings = load_settings()
+    if settings.metrics_port:
+        metrics.serve(settings.metrics_port)
+    return build_flow(settings)

@@ -1,0 +1,139 @@
+"""Per-equipment streaming state: the window of recent readings, event-time bookkeeping
+(late and duplicate readings) and the anomaly detector. Pure and picklable; the flow keeps
+one per equipment id and snapshots it as pickled bytes."""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+
+from models.anomaly import AnomalyDetector
+from models.features import FeatureConfig, RingBuffer, window_features
+from models.schemas import Reading, ms_to_iso
+
+RMS_WINDOW = 10  # readings; what the detector sees of a vibration signal
+TOP_SENSORS = 3
+ANOMALY_EWMA_ALPHA = 0.1  # smoothing of the anomaly level that health uses
+
+
+@dataclass(frozen=True, slots=True)
+class Scored:
+    """A reading after the state step: its features (if due) and anomaly evidence."""
+
+    reading: Reading
+    features: np.ndarray | None
+    anomaly_score: float
+    anomaly_level: float  # EWMA of anomaly_score: what health uses
+    top_sensors: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """A reading the state step would not use: ``kind`` is ``late`` or ``duplicate``."""
+
+    reading: Reading
+    kind: str
+    reason: str
+
+
+class EquipmentState:
+    """Everything the flow remembers about one equipment.
+
+    >>> from models.features import FeatureConfig
+    >>> cfg = FeatureConfig(sensors=("a",), windows=(2, 3))
+    >>> st = EquipmentState(cfg, AnomalyDetector(window_size=5, warmup=5), lateness_ms=0)
+    >>> out = st.ingest(Reading("e1", "t", 1000, {"a": 1.0}))
+    >>> out.features.shape
+    (12,)
+    >>> st.ingest(Reading("e1", "t", 1000, {"a": 1.0})).kind
+    'duplicate'
+    >>> st.ingest(Reading("e1", "t", 500, {"a": 1.0})).kind
+    'late'
+    """
+
+    def __init__(
+        self,
+        config: FeatureConfig,
+        detector: AnomalyDetector,
+        *,
+        lateness_ms: int,
+        predict_every: int = 1,
+        dedup_memory: int = 256,
+    ) -> None:
+        self.config = config
+        self.detector = detector
+        self.lateness_ms = lateness_ms
+        self.predict_every = predict_every
+        self.buffer = RingBuffer(config.max_window, len(config.sensors))
+        self.max_ts_ms: int | None = None
+        self._recent_ts: deque[int] = deque(maxlen=dedup_memory)
+        self._recent_set: set[int] = set()
+        self._last_row = np.full(len(config.sensors), np.nan)
+        self._vib = {s: config.sensors.index(s) for s in config.fft_sensors}
+        self.anomaly_level = 0.5
+
+    def ingest(self, reading: Reading) -> Scored | Rejected:
+        """Take one reading: reject it if late or a duplicate, else window and score it."""
+        ts = reading.ts_ms
+        if ts in self._recent_set:
+            return Rejected(reading, "duplicate", f"duplicate reading at {ms_to_iso(ts)}")
+        if self.max_ts_ms is not None and ts < self.max_ts_ms - self.lateness_ms:
+            return Rejected(
+                reading,
+                "late",
+                f"late by {(self.max_ts_ms - ts) / 1000:.0f} s (allowed "
+                f"{self.lateness_ms / 1000:.0f} s) behind {ms_to_iso(self.max_ts_ms)}",
+            )
+        self._remember(ts)
+        row = self._row(reading.sensors)
+        self.buffer.append(row)
+        score, top = self._score(row)
+        if self.detector.seen > self.detector.warmup:
+            self.anomaly_level += ANOMALY_EWMA_ALPHA * (score - self.anomaly_level)
+        due = (self.buffer.count - 1) % self.predict_every == 0
+        features = window_features(self.buffer.window(), self.config) if due else None
+        return Scored(reading, features, score, self.anomaly_level, top)
+
+    def _remember(self, ts: int) -> None:
+        if len(self._recent_ts) == self._recent_ts.maxlen:
+            self._recent_set.discard(self._recent_ts[0])
+        self._recent_ts.append(ts)
+        self._recent_set.add(ts)
+        if self.max_ts_ms is None or ts > self.max_ts_ms:
+            self.max_ts_ms = ts
+
+    def _row(self, sensors: dict[str, float]) -> np.ndarray:
+        """The reading as a vector in feature order; a missing sensor keeps its last value
+        (NaN until first seen); extra sensors are ignored."""
+        row = self._last_row.copy()
+        for i, name in enumerate(self.config.sensors):
+            value = sensors.get(name)
+            if value is not None:
+                row[i] = value
+        self._last_row = row
+        return row
+
+    def _score(self, row: np.ndarray) -> tuple[float, tuple[str, ...]]:
+        x: dict[str, float] = {}
+        for i, name in enumerate(self.config.sensors):
+            if name in self._vib:
+                recent = self.buffer.window()[-RMS_WINDOW:, i]
+                x[name] = float(np.sqrt(np.mean(recent * recent)))
+            elif row[i] == row[i]:  # not NaN
+                x[name] = float(row[i])
+        top = self._top_sensors(x)
+        return self.detector.score_learn(x), top
+
+    def _top_sensors(self, x: dict[str, float]) -> tuple[str, ...]:
+        """Sensors furthest from their running mean, in standard deviations."""
+        scaler = self.detector.scaler
+        if not scaler.counts:
+            return ()
+        z = {}
+        for name, value in x.items():
+            var = scaler.vars.get(name, 0.0)
+            if var > 0:
+                z[name] = abs(value - scaler.means[name]) / var**0.5
+        return tuple(sorted(z, key=z.__getitem__, reverse=True)[:TOP_SENSORS])

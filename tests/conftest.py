@@ -1,0 +1,39 @@
+"""Shared fixtures. Integration tests find the services `make test` started through
+PM_TEST_KAFKA_BROKERS, PM_TEST_DATABASE_URL and PM_TEST_REDIS_URL; with PM_REQUIRE_SERVICES=1
+(as `make test` sets) a missing address is an error instead of a skip."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+SERVICE_ENV = ("PM_TEST_KAFKA_BROKERS", "PM_TEST_DATABASE_URL", "PM_TEST_REDIS_URL")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if os.environ.get("PM_REQUIRE_SERVICES") != "1":
+        return
+    missing = [name for name in SERVICE_ENV if not os.environ.get(name)]
+    if missing and any(item.get_closest_marker("integration") for item in items):
+        raise pytest.UsageError(f"PM_REQUIRE_SERVICES=1 but {missing} unset: run `make test`")
+
+
+@pytest.fixture(autouse=True)
+def _no_pm_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Settings built in tests start from the defaults, whatever the shell exports."""
+    for name in list(os.environ):
+        if name.startswith("PM_") and not name.startswith(("PM_TEST_", "PM_REQUIRE", "PM_BENCH")):
+            monkeypatch.delenv(name)
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small but real model bundle (turbofan + pump), trained once per test session."""
+    from models.train import main
+
+    out = tmp_path_factory.mktemp("model") / "bundle"
+    args = ["--units", "40", "--folds", "0", "--max-iter", "120", "--no-mlflow"]
+    assert main([*args, "--seed", "11", "--out", str(out)]) == 0
+    return out

@@ -1,0 +1,875 @@
+"""Static checks of the deployment files (no Docker engine needed).
+
+docker-compose.yml, Dockerfile, infra/docker/, infra/prometheus/ and infra/grafana/ cannot be
+run here, so these tests check what can be checked without running them: the files parse,
+names that must agree across files agree (services, settings, metric names, data source
+uids, mounted paths, topics), and the entrypoint's logic runs against a stub `python`.
+The one integration test runs every SQL query of the fleet dashboard on a real PostgreSQL
+(PM_TEST_DATABASE_URL) with the migrations applied.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from fnmatch import fnmatch
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+import yaml
+from psycopg import sql
+from psycopg.conninfo import make_conninfo
+from pydantic import BaseModel
+
+from connectors.settings import Settings, load_settings
+
+ROOT = Path(__file__).resolve().parent.parent
+COMPOSE = ROOT / "docker-compose.yml"
+ENV_EXAMPLE = ROOT / ".env.example"
+DOCKERFILE = ROOT / "Dockerfile"
+MLFLOW_DOCKERFILE = ROOT / "infra" / "docker" / "mlflow.Dockerfile"
+ENTRYPOINT = ROOT / "infra" / "docker" / "flow-entrypoint.sh"
+PROMETHEUS_DIR = ROOT / "infra" / "prometheus"
+GRAFANA_DIR = ROOT / "infra" / "grafana"
+DASHBOARDS = sorted((GRAFANA_DIR / "dashboards").glob("*.json"))
+
+# The flow's metrics (implemented in the flow; names agreed in the deployment brief).
+FLOW_COUNTERS_AND_GAUGES = {
+    "pm_readings_total",
+    "pm_dead_letters_total",
+    "pm_predictions_total",
+    "pm_alerts_total",
+    "pm_alert_deliveries_total",
+    "pm_sink_errors_total",
+    "pm_model_info",
+    "pm_model_reloads_total",
+    "pm_equipment_active",
+}
+FLOW_HISTOGRAMS = {
+    "pm_event_lag_seconds",
+    "pm_sink_batch_size",
+    "pm_sink_write_seconds",
+    "pm_anomaly_score",
+}
+# Flow-service variables read by the entrypoint script, not by connectors.settings.
+ENTRYPOINT_ONLY_VARS = {"PM_RECOVERY_PARTITIONS"}
+
+
+# --- helpers -----------------------------------------------------------------------------
+
+_VAR_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?+])([^}]*))?\}")
+_INTERP = re.compile(
+    r"\$(?:(?P<esc>\$)|\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?+])(?P<arg>[^}]*))?\}"
+    r"|(?P<bare>[A-Za-z_][A-Za-z0-9_]*))"
+)
+
+
+def interpolate(value: Any, env: dict[str, str]) -> Any:
+    """Compose-style interpolation of every string in ``value`` (``$$`` is a literal ``$``).
+
+    >>> interpolate({"a": ["${X:-d}", "$$Y", "${Z-}"]}, {"X": ""})
+    {'a': ['d', '$Y', '']}
+    """
+    if isinstance(value, dict):
+        return {k: interpolate(v, env) for k, v in value.items()}
+    if isinstance(value, list):
+        return [interpolate(v, env) for v in value]
+    if not isinstance(value, str):
+        return value
+
+    def sub(m: re.Match[str]) -> str:
+        if m["esc"]:
+            return "$"
+        name = m["name"] or m["bare"]
+        op, arg, val = m["op"], m["arg"] or "", env.get(name)
+        if op == ":-":
+            return val if val else arg
+        if op == "-":
+            return val if val is not None else arg
+        if op in (":?", "?"):
+            if not val:
+                raise ValueError(f"required variable {name}: {arg}")
+            return val
+        if op == ":+":
+            return arg if val else ""
+        if op == "+":
+            return arg if val is not None else ""
+        return val or ""
+
+    return _INTERP.sub(sub, value)
+
+
+def compose_text() -> str:
+    return COMPOSE.read_text()
+
+
+def compose_var_refs() -> list[tuple[str, str, str]]:
+    """(name, operator, argument) of every ``${...}`` in the compose file's values."""
+    strings = [s for s in walk(compose_raw()) if isinstance(s, str)]
+    return [ref for s in strings for ref in _VAR_REF.findall(s.replace("$$", ""))]
+
+
+def compose_raw() -> dict[str, Any]:
+    data = yaml.safe_load(compose_text())
+    assert isinstance(data, dict)
+    return data
+
+
+def compose() -> dict[str, Any]:
+    """docker-compose.yml as compose would see it with an empty .env (all defaults)."""
+    return interpolate(compose_raw(), {})
+
+
+def services() -> dict[str, dict[str, Any]]:
+    return compose()["services"]
+
+
+def env_of(service: dict[str, Any]) -> dict[str, str]:
+    env = service.get("environment", {})
+    if isinstance(env, list):
+        env = dict(item.split("=", 1) for item in env)
+    return {k: "" if v is None else str(v) for k, v in env.items()}
+
+
+def depends_on(service: dict[str, Any]) -> dict[str, str]:
+    deps = service.get("depends_on", {})
+    if isinstance(deps, list):
+        return dict.fromkeys(deps, "service_started")
+    return {name: spec.get("condition", "service_started") for name, spec in deps.items()}
+
+
+def bind_mounts(service: dict[str, Any]) -> list[tuple[str, str]]:
+    """(host path, container path) of the volumes that are bind mounts of repo files."""
+    out = []
+    for vol in service.get("volumes", []):
+        if isinstance(vol, dict):
+            if vol.get("type") == "bind":
+                out.append((vol["source"], vol["target"]))
+            continue
+        source, target = vol.split(":")[:2]
+        if source.startswith((".", "/")):
+            out.append((source, target))
+    return out
+
+
+def command_list(service: dict[str, Any]) -> list[str]:
+    cmd = service.get("command", [])
+    return shlex.split(cmd) if isinstance(cmd, str) else list(cmd)
+
+
+def dockerfile_instructions(path: Path) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) with line continuations joined and comments dropped."""
+    lines: list[str] = []
+    current = ""
+    for raw in path.read_text().splitlines():
+        line = raw.strip()
+        if not current and (not line or line.startswith("#")):
+            continue
+        if line.startswith("#"):
+            continue
+        if line.endswith("\\"):
+            current += line[:-1] + " "
+            continue
+        lines.append(current + line)
+        current = ""
+    out = []
+    for line in lines:
+        instr, _, args = line.partition(" ")
+        out.append((instr.upper(), args.strip()))
+    return out
+
+
+_PROMQL_WORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "bool"}
+_PROMQL_WORDS |= {"and", "or", "unless", "offset", "inf", "nan"}
+
+
+def promql_metric_names(expr: str) -> set[str]:
+    """Metric names in a PromQL expression (not functions, keywords or label names).
+
+    >>> sorted(promql_metric_names(
+    ...     'sum by (a) (rate(x_total{b="c"}[5m])) / ignoring(a) group_left sum(y) > 1e-3'))
+    ['x_total', 'y']
+    """
+    s = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)
+    s = re.sub(r"\{[^}]*\}", " ", s)
+    s = re.sub(r"\[[^\]]*\]", " ", s)
+    s = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", " ", s)
+    names = set()
+    for m in re.finditer(r"(?<![\w.:$])[A-Za-z_:][\w:]*", s):
+        if s[m.end() :].lstrip().startswith("("):
+            continue  # a function or an aggregation
+        if m.group().lower() in _PROMQL_WORDS:
+            continue
+        names.add(m.group())
+    return names
+
+
+def is_known_metric(name: str) -> bool:
+    if name == "up" or name.startswith("bytewax_") or name in FLOW_COUNTERS_AND_GAUGES:
+        return True
+    return any(
+        name == f"{h}_{suffix}" for h in FLOW_HISTOGRAMS for suffix in ("bucket", "sum", "count")
+    )
+
+
+def walk(node: Any) -> Iterator[Any]:
+    yield node
+    if isinstance(node, dict):
+        for v in node.values():
+            yield from walk(v)
+    elif isinstance(node, list):
+        for v in node:
+            yield from walk(v)
+
+
+def load_dashboard(path: Path) -> dict[str, Any]:
+    data = json.loads(path.read_text())
+    assert isinstance(data, dict)
+    return data
+
+
+def dashboard_targets(dash: dict[str, Any]) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
+    for panel in dash["panels"]:
+        for target in panel.get("targets", []):
+            yield panel, target
+
+
+def provisioned_datasources() -> dict[str, str]:
+    """uid -> type of the provisioned Grafana data sources."""
+    doc = yaml.safe_load((GRAFANA_DIR / "provisioning/datasources/datasources.yml").read_text())
+    return {ds["uid"]: ds["type"] for ds in doc["datasources"]}
+
+
+# --- docker-compose.yml ------------------------------------------------------------------
+
+
+def test_compose_has_the_stack() -> None:
+    assert set(services()) == {
+        "kafka",
+        "kafka-init",
+        "timescaledb",
+        "redis",
+        "minio",
+        "minio-init",
+        "mlflow",
+        "prometheus",
+        "grafana",
+        "flow",
+        "trainer",
+        "simulator",
+    }
+    assert "version" not in compose_raw(), "the top-level version key is obsolete"
+
+
+def test_depends_on_names_existing_services_with_valid_conditions() -> None:
+    svcs = services()
+    for name, svc in svcs.items():
+        for dep, condition in depends_on(svc).items():
+            assert dep in svcs, f"{name} depends on missing service {dep}"
+            assert dep != name
+            if condition == "service_healthy":
+                assert "healthcheck" in svcs[dep], f"{name} waits for {dep} health: no healthcheck"
+            elif condition == "service_completed_successfully":
+                assert svcs[dep].get("restart") == "no", f"{dep} is one-shot: restart must be no"
+            else:
+                assert condition == "service_started", f"{name}: unknown condition {condition}"
+            assert not svcs[dep].get("profiles"), f"{name} depends on {dep}, which has a profile"
+
+
+def test_flow_waits_for_healthy_infrastructure() -> None:
+    deps = depends_on(services()["flow"])
+    for infra in ("kafka", "timescaledb", "redis", "mlflow"):
+        assert deps.get(infra) == "service_healthy", infra
+    assert deps.get("kafka-init") == "service_completed_successfully"
+
+
+def test_every_long_running_service_has_a_healthcheck() -> None:
+    for name, svc in services().items():
+        if svc.get("restart") in (None, "no") or svc.get("profiles"):
+            continue
+        if name == "simulator":  # a client: nothing waits for it
+            continue
+        assert "healthcheck" in svc, name
+
+
+def test_compose_variables_are_documented_with_consistent_defaults() -> None:
+    refs = compose_var_refs()
+    used = {name for name, _, _ in refs}
+    documented = set(re.findall(r"^#?\s*([A-Z][A-Z0-9_]*)=", ENV_EXAMPLE.read_text(), re.M))
+    assert used - documented == set(), "compose variables missing from .env.example"
+    assert documented - used == set(), ".env.example documents variables compose does not use"
+    defaults: dict[str, set[str]] = {}
+    for name, op, arg in refs:
+        defaults.setdefault(name, set()).add(arg if op in (":-", "-") else "<none>")
+    inconsistent = {n: d for n, d in defaults.items() if len(d) > 1}
+    assert inconsistent == {}, "one variable, several defaults"
+
+
+def test_env_example_values_match_compose_defaults() -> None:
+    default = {name: arg for name, op, arg in compose_var_refs() if op == ":-"}
+    for name, value in re.findall(r"^([A-Z][A-Z0-9_]*)=(.*)$", ENV_EXAMPLE.read_text(), re.M):
+        if name in default:
+            assert value == default[name], f".env.example {name}={value} != default"
+
+
+def test_flow_environment_is_made_of_known_settings() -> None:
+    fields = Settings.model_fields
+    env = env_of(services()["flow"])
+    for var in env:
+        if var in ENTRYPOINT_ONLY_VARS:
+            assert var in ENTRYPOINT.read_text(), f"{var} is not read by the entrypoint"
+            assert var[3:].lower() not in fields
+            continue
+        assert var.startswith("PM_"), var
+        head, _, nested = var[3:].lower().partition("__")
+        assert head in fields, f"{var}: Settings has no field {head}"
+        if nested:
+            section = fields[head].annotation
+            assert isinstance(section, type) and issubclass(section, BaseModel), var
+            assert nested in section.model_fields, f"{var}: {head} has no field {nested}"
+
+
+def test_flow_environment_builds_valid_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in list(os.environ):
+        if var.startswith("PM_"):
+            monkeypatch.delenv(var)
+    env = env_of(services()["flow"])
+    for var, value in env.items():
+        monkeypatch.setenv(var, value)
+    s = load_settings()
+    assert s.source == "kafka"
+    assert s.kafka_brokers == "kafka:9092"
+    assert s.metrics_port == 9100
+    assert s.model == "models:/predictive_maintenance_model@production"
+    assert s.mlflow_tracking_uri == "http://mlflow:5000"
+    assert s.database_url is not None
+    assert "@timescaledb:5432/pm" in s.database_url.get_secret_value()
+    assert s.redis_url is not None
+    assert s.redis_url.get_secret_value() == "redis://redis:6379/0"
+    assert s.apprise_urls == ()
+
+
+def test_flow_database_url_uses_the_database_password() -> None:
+    env = {"POSTGRES_PASSWORD": "s3cret-pw"}
+    svcs = interpolate(compose_raw(), env)["services"]
+    assert env_of(svcs["timescaledb"])["POSTGRES_PASSWORD"] == "s3cret-pw"
+    assert env_of(svcs["grafana"])["POSTGRES_PASSWORD"] == "s3cret-pw"
+    url = env_of(svcs["flow"])["PM_DATABASE_URL"]
+    assert url == "postgresql://pm:s3cret-pw@timescaledb:5432/pm"
+    assert env_of(svcs["timescaledb"])["POSTGRES_USER"] == "pm"
+    assert env_of(svcs["timescaledb"])["POSTGRES_DB"] == "pm"
+
+
+def test_flow_metrics_port_is_scraped_by_prometheus() -> None:
+    port = env_of(services()["flow"])["PM_METRICS_PORT"]
+    doc = yaml.safe_load((PROMETHEUS_DIR / "prometheus.yml").read_text())
+    jobs = {job["job_name"]: job for job in doc["scrape_configs"]}
+    targets = [t for sc in jobs["flow"]["static_configs"] for t in sc["targets"]]
+    assert targets == [f"flow:{port}"]
+    assert any(p.endswith(f":{port}") for p in services()["flow"]["ports"])
+
+
+def test_files_mounted_and_built_from_the_repo_exist() -> None:
+    checked = 0
+    for name, svc in services().items():
+        for source, _ in bind_mounts(svc):
+            assert (ROOT / source).exists(), f"{name} mounts missing {source}"
+            checked += 1
+        build = svc.get("build")
+        if build:
+            context = ROOT / build["context"]
+            assert (context / build.get("dockerfile", "Dockerfile")).is_file(), name
+    assert checked >= 4
+
+
+def test_one_shot_services_write_to_volumes() -> None:
+    svcs = services()
+    trainer = svcs["trainer"]
+    assert trainer["profiles"] == ["train"]
+    out = command_list(trainer)[command_list(trainer).index("--out") + 1]
+    targets = [v.split(":")[1] for v in trainer["volumes"]]
+    assert any(out.startswith(t + "/") for t in targets), "trainer output is not on a volume"
+    assert "flow-recovery:/recovery" in svcs["flow"]["volumes"]
+    named = set(compose()["volumes"])
+    for name, svc in svcs.items():
+        for vol in svc.get("volumes", []):
+            source = vol.split(":")[0]
+            if not source.startswith((".", "/")):
+                assert source in named, f"{name} uses undeclared volume {source}"
+
+
+def test_simulator_command_is_accepted_by_the_simulator() -> None:
+    from connectors.simulator import build_parser, config_from_args
+
+    cmd = command_list(services()["simulator"])
+    assert cmd[:3] == ["python", "-m", "connectors.simulator"]
+    args = build_parser().parse_args(cmd[3:])
+    cfg = config_from_args(args)
+    assert cfg.num_equipment == 50
+    assert cfg.equipment_types == ("turbofan_engine", "pump")
+    assert cfg.replace_on_failure
+    assert args.kafka == "kafka:9092"
+    assert args.topic == load_settings().kafka.input_topic
+
+
+def kafka_listeners(spec: str) -> dict[str, str]:
+    """``NAME://host:port,...`` -> {NAME: "host:port"}."""
+    return dict(item.split("://", 1) for item in spec.split(","))
+
+
+def test_kafka_listeners_serve_network_and_host() -> None:
+    kafka = services()["kafka"]
+    env = env_of(kafka)
+    protocols = dict(p.split(":") for p in env["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"].split(","))
+    listeners = kafka_listeners(env["KAFKA_LISTENERS"])
+    advertised = kafka_listeners(env["KAFKA_ADVERTISED_LISTENERS"])
+    assert set(listeners) <= set(protocols)
+    assert advertised["PLAINTEXT"] == "kafka:9092"
+    assert advertised["PLAINTEXT_HOST"] == "localhost:9092"
+    host_listener_port = listeners["PLAINTEXT_HOST"].rsplit(":", 1)[1]
+    assert kafka["ports"] == [f"127.0.0.1:9092:{host_listener_port}"]
+    assert env["KAFKA_CONTROLLER_QUORUM_VOTERS"] == f"1@kafka:{listeners['CONTROLLER'][1:]}"
+    assert env["KAFKA_PROCESS_ROLES"] == "broker,controller"
+    assert env_of(services()["flow"])["PM_KAFKA_BROKERS"] == advertised["PLAINTEXT"]
+
+
+def test_kafka_init_creates_the_flow_topics() -> None:
+    script = command_list(services()["kafka-init"])[-1]
+    loop = re.search(r"for spec in (.*?); do", script)
+    assert loop, script
+    created = dict(spec.split(":") for spec in shlex.split(loop.group(1)))
+    k = load_settings().kafka
+    assert set(created) == {k.input_topic, k.predictions_topic, k.alerts_topic, k.dlq_topic}
+    partitions = env_of(services()["kafka-init"])["RAW_SENSOR_PARTITIONS"]
+    assert partitions == "4"
+    assert created[k.input_topic] == "$RAW_SENSOR_PARTITIONS"
+
+
+def test_published_ports_bind_to_loopback_by_default() -> None:
+    for name, svc in services().items():
+        for port in svc.get("ports", []):
+            assert str(port).startswith("127.0.0.1:"), f"{name} publishes {port} on all interfaces"
+
+
+# --- Dockerfiles and the entrypoint ------------------------------------------------------
+
+
+def test_dockerfile_copy_sources_exist_and_are_not_ignored() -> None:
+    ignore = [
+        line.strip()
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+
+    def ignored(path: str) -> bool:
+        verdict = False
+        parts = Path(path).parts
+        prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+        for pattern in ignore:
+            negate = pattern.startswith("!")
+            pat = pattern.lstrip("!").rstrip("/")
+            if any(fnmatch(p, pat) or fnmatch(p, pat.removeprefix("**/")) for p in prefixes):
+                verdict = not negate
+        return verdict
+
+    sources = []
+    for instr, args in dockerfile_instructions(DOCKERFILE):
+        if instr in ("COPY", "ADD"):
+            words = [w for w in shlex.split(args) if not w.startswith("--")]
+            assert "--from" not in args
+            sources += words[:-1]
+    assert "pyproject.toml" in sources
+    for src in sources:
+        assert (ROOT / src).exists(), f"Dockerfile copies missing {src}"
+        assert not ignored(src), f".dockerignore excludes {src}"
+    assert ignored(".venv/bin/python") and ignored(".env")
+
+
+def test_dockerfile_runs_the_flow_with_recovery_as_non_root() -> None:
+    from bytewax.run import _create_arg_parser
+
+    instructions = dockerfile_instructions(DOCKERFILE)
+    assert instructions[0] == ("FROM", "python:3.11-slim")
+    users = [args for instr, args in instructions if instr == "USER"]
+    assert users and users[-1] not in ("root", "0")
+    runs = " ".join(args for instr, args in instructions if instr == "RUN")
+    assert "pip install --no-deps ." in runs
+    (entrypoint,) = [json.loads(a) for i, a in instructions if i == "ENTRYPOINT"]
+    (cmd,) = [json.loads(a) for i, a in instructions if i == "CMD"]
+    assert entrypoint == ["/usr/local/bin/flow-entrypoint.sh"]
+    assert any(
+        i == "COPY" and a.split()[-1] == entrypoint[0] and "flow-entrypoint.sh" in a
+        for i, a in instructions
+    )
+    assert ("STOPSIGNAL", "SIGINT") in instructions
+    assert cmd[:3] == ["python", "-m", "bytewax.run"]
+    args = _create_arg_parser().parse_args(cmd[3:])
+    assert args.import_str == "flows.main"
+    assert str(args.recovery_directory) == "/recovery"
+    assert args.snapshot_interval == timedelta(seconds=30)
+    assert args.backup_interval == timedelta(seconds=0)
+
+
+def test_mlflow_image_pins_the_project_mlflow_version() -> None:
+    import tomllib
+
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    (pin,) = [d for d in deps if d.startswith("mlflow==")]
+    assert f'"{pin}"' in MLFLOW_DOCKERFILE.read_text()
+
+
+def _stub_python(tmp_path: Path) -> tuple[dict[str, str], Path]:
+    """PATH with a `python` that logs its arguments; bytewax.recovery runs for real."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    calls = tmp_path / "calls.log"
+    stub = bindir / "python"
+    stub.write_text(
+        "#!/bin/sh\n"
+        f'echo "$*" >> "{calls}"\n'
+        'case "$*" in\n'
+        f'  "-m bytewax.recovery "*) exec "{sys.executable}" "$@" ;;\n'
+        "esac\n"
+        "exit 0\n"
+    )
+    stub.chmod(0o755)
+    env = {
+        "PATH": f"{bindir}:/usr/bin:/bin",
+        "HOME": str(tmp_path),
+    }
+    return env, calls
+
+
+def _run_entrypoint(env: dict[str, str], *cmd: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["/bin/sh", str(ENTRYPOINT), *cmd],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_entrypoint_initialises_recovery_once_then_execs_the_flow(tmp_path: Path) -> None:
+    env, calls = _stub_python(tmp_path)
+    env["PM_RECOVERY_PARTITIONS"] = "3"
+    rec = tmp_path / "recovery"
+    flow = ["python", "-m", "bytewax.run", "flows.main", "-r", str(rec), "-s", "30", "-b", "0"]
+
+    first = _run_entrypoint(env, *flow)
+    assert first.returncode == 0, first.stderr
+    assert sorted(p.name for p in rec.iterdir()) == [f"part-{i}.sqlite3" for i in range(3)]
+    log = calls.read_text().splitlines()
+    assert log == [f"-m bytewax.recovery {rec} 3", " ".join(flow[1:])]
+
+    env["PM_RECOVERY_PARTITIONS"] = "5"  # ignored: partitions exist already
+    second = _run_entrypoint(env, *flow)
+    assert second.returncode == 0, second.stderr
+    assert len(list(rec.iterdir())) == 3
+    assert calls.read_text().splitlines()[2:] == [" ".join(flow[1:])]
+
+
+def test_entrypoint_finds_the_recovery_dir_in_all_spellings(tmp_path: Path) -> None:
+    env, _ = _stub_python(tmp_path)
+    env["PM_RECOVERY_PARTITIONS"] = "1"
+    base = ["python", "-m", "bytewax.run", "flows.main", "-s", "30", "-b", "0"]
+    for i, spelling in enumerate(("--recovery-directory={}", "--recovery-directory {}", "env")):
+        rec = tmp_path / f"rec{i}"
+        run_env = dict(env)
+        if spelling == "env":
+            run_env["BYTEWAX_RECOVERY_DIRECTORY"] = str(rec)
+            extra: list[str] = []
+        else:
+            extra = spelling.format(rec).split(" ")
+        assert _run_entrypoint(run_env, *base, *extra).returncode == 0
+        assert [p.name for p in rec.iterdir()] == ["part-0.sqlite3"], spelling
+
+
+def test_entrypoint_migrates_only_when_asked(tmp_path: Path) -> None:
+    env, calls = _stub_python(tmp_path)
+    flow = ["python", "-m", "bytewax.run", "flows.main"]  # no recovery: nothing to init
+    url = "postgresql://pm:pw@db:5432/pm"
+    cases = [({}, False), ({"PM_DATABASE_URL": url}, True)]
+    cases += [
+        ({"PM_DATABASE_URL": url, "PM_POSTGRES__MIGRATE_ON_START": v}, False)
+        for v in ("false", "False", "0", "no", "off")
+    ]
+    cases += [({"PM_DATABASE_URL": url, "PM_POSTGRES__MIGRATE_ON_START": "true"}, True)]
+    for extra, migrates in cases:
+        calls.write_text("")
+        result = _run_entrypoint({**env, **extra}, *flow)
+        assert result.returncode == 0, result.stderr
+        log = calls.read_text().splitlines()
+        expected = [" ".join(flow[1:])]
+        if migrates:
+            expected.insert(
+                0, f"-m connectors.migrate --database-url {url} --sql-dir /app/infra/sql"
+            )
+        assert log == expected, extra
+        assert "pw" not in result.stderr, "the entrypoint logs the database password"
+
+
+def test_entrypoint_runs_other_commands_unchanged(tmp_path: Path) -> None:
+    env, calls = _stub_python(tmp_path)
+    env["PM_DATABASE_URL"] = "postgresql://x@y/z"
+    env["BYTEWAX_RECOVERY_DIRECTORY"] = str(tmp_path / "rec")
+    cmd = ["python", "-m", "connectors.simulator", "--num-equipment", "2", "-r", "x"]
+    assert _run_entrypoint(env, *cmd).returncode == 0
+    assert calls.read_text().splitlines() == [" ".join(cmd[1:])]
+    assert not (tmp_path / "rec").exists()
+
+
+def test_entrypoint_rejects_a_bad_partition_count(tmp_path: Path) -> None:
+    env, calls = _stub_python(tmp_path)
+    env["PM_RECOVERY_PARTITIONS"] = "four"
+    result = _run_entrypoint(env, "python", "-m", "bytewax.run", "flows.main", "-r", "r")
+    assert result.returncode == 2
+    assert "PM_RECOVERY_PARTITIONS" in result.stderr
+    assert not calls.exists()
+
+
+# --- Prometheus --------------------------------------------------------------------------
+
+
+def test_prometheus_rule_files_exist_and_rules_use_known_metrics() -> None:
+    doc = yaml.safe_load((PROMETHEUS_DIR / "prometheus.yml").read_text())
+    assert {j["job_name"] for j in doc["scrape_configs"]} == {"prometheus", "flow"}
+    rule_files = [PROMETHEUS_DIR / f for f in doc["rule_files"]]
+    assert rule_files and all(f.is_file() for f in rule_files)
+    alerts = set()
+    for path in rule_files:
+        for group in yaml.safe_load(path.read_text())["groups"]:
+            for rule in group["rules"]:
+                alerts.add(rule["alert"])
+                names = promql_metric_names(rule["expr"])
+                assert names, rule["alert"]
+                unknown = {n for n in names if not is_known_metric(n)}
+                assert unknown == set(), f"{rule['alert']}: unknown metrics {unknown}"
+                assert rule["labels"]["severity"] in ("warning", "critical")
+                assert rule["annotations"]["summary"]
+    assert {
+        "PMFlowDown",
+        "PMDeadLetterRateHigh",
+        "PMSinkErrors",
+        "PMKafkaConsumerLagHigh",
+    } <= alerts
+
+
+def test_prometheus_config_is_mounted_where_prometheus_reads_it() -> None:
+    prom = services()["prometheus"]
+    mounts = dict(bind_mounts(prom))
+    config_dir = mounts["./infra/prometheus"]
+    assert f"--config.file={config_dir}/prometheus.yml" in command_list(prom)
+
+
+# --- Grafana -----------------------------------------------------------------------------
+
+
+def test_grafana_provisioning_is_mounted_and_points_at_the_dashboards() -> None:
+    grafana = services()["grafana"]
+    mounts = dict(bind_mounts(grafana))
+    dash_dir = mounts["./infra/grafana/dashboards"]
+    assert mounts["./infra/grafana/provisioning/datasources"].endswith("datasources")
+    prov = mounts["./infra/grafana/provisioning/dashboards"]
+    doc = yaml.safe_load((GRAFANA_DIR / "provisioning/dashboards/dashboards.yml").read_text())
+    assert [p["options"]["path"] for p in doc["providers"]] == [dash_dir]
+    assert prov == "/etc/grafana/provisioning/dashboards"
+    home = env_of(grafana)["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    assert home.startswith(dash_dir + "/")
+    assert (GRAFANA_DIR / "dashboards" / home.rsplit("/", 1)[1]).is_file()
+
+
+def test_grafana_datasources_reach_the_compose_services() -> None:
+    doc = yaml.safe_load((GRAFANA_DIR / "provisioning/datasources/datasources.yml").read_text())
+    by_type = {ds["type"]: ds for ds in doc["datasources"]}
+    assert by_type["prometheus"]["url"] == "http://prometheus:9090"
+    pg = by_type["grafana-postgresql-datasource"]
+    tsdb_env = env_of(services()["timescaledb"])
+    assert pg["url"] == "timescaledb:5432"
+    assert pg["user"] == tsdb_env["POSTGRES_USER"]
+    assert pg["jsonData"]["database"] == tsdb_env["POSTGRES_DB"]
+    var = re.fullmatch(r"\$\{?(\w+)\}?", pg["secureJsonData"]["password"])
+    assert var and var.group(1) in env_of(services()["grafana"])
+
+
+def test_dashboards_parse_and_use_the_provisioned_datasources() -> None:
+    provisioned = provisioned_datasources()
+    assert {d.name for d in DASHBOARDS} == {"fleet-health.json", "pipeline.json"}
+    uids = set()
+    for path in DASHBOARDS:
+        dash = load_dashboard(path)
+        assert dash["uid"] not in uids
+        uids.add(dash["uid"])
+        refs = [n["datasource"] for n in walk(dash) if isinstance(n, dict) and "datasource" in n]
+        assert refs, path.name
+        for ref in refs:
+            if ref.get("type") == "grafana":
+                continue  # the built-in annotations source
+            assert provisioned.get(ref["uid"]) == ref["type"], f"{path.name}: {ref}"
+        panel_ids = [p["id"] for p in dash["panels"]]
+        assert len(panel_ids) == len(set(panel_ids)), path.name
+
+
+def test_dashboard_panels_do_not_overlap() -> None:
+    for path in DASHBOARDS:
+        cells: dict[tuple[int, int], str] = {}
+        for panel in load_dashboard(path)["panels"]:
+            g = panel["gridPos"]
+            assert g["x"] + g["w"] <= 24, panel["title"]
+            for x in range(g["x"], g["x"] + g["w"]):
+                for y in range(g["y"], g["y"] + g["h"]):
+                    assert (x, y) not in cells, f"{panel['title']} overlaps {cells[(x, y)]}"
+                    cells[(x, y)] = panel["title"]
+
+
+def test_pipeline_dashboard_shows_every_flow_metric_and_no_other() -> None:
+    dash = load_dashboard(GRAFANA_DIR / "dashboards" / "pipeline.json")
+    seen: set[str] = set()
+    for panel, target in dashboard_targets(dash):
+        names = promql_metric_names(target["expr"])
+        unknown = {n for n in names if not is_known_metric(n)}
+        assert unknown == set(), f"{panel['title']}: unknown metrics {unknown}"
+        seen |= names
+    bases = {re.sub(r"_(bucket|sum|count)$", "", n) for n in seen}
+    missing = (FLOW_COUNTERS_AND_GAUGES | FLOW_HISTOGRAMS) - bases
+    assert missing == set(), f"metrics without a panel: {missing}"
+    assert "bytewax_kafka_consumer_lag" in seen
+
+
+def test_fleet_dashboard_reads_the_tables_of_the_migrations() -> None:
+    dash = load_dashboard(GRAFANA_DIR / "dashboards" / "fleet-health.json")
+    schema = " ".join(p.read_text() for p in sorted((ROOT / "infra" / "sql").glob("*.sql")))
+    queries = [t["rawSql"] for _, t in dashboard_targets(dash)]
+    queries += [v["query"] for v in dash["templating"]["list"]]
+    used = set()
+    for q in queries:
+        used |= set(re.findall(r"\b(?:FROM|JOIN)\s+([a-z_]+)", q))
+    assert used == {"predictions", "alerts", "equipment", "health_hourly", "latest"}
+    for table in used - {"latest"}:
+        assert re.search(rf"(TABLE|VIEW) (IF NOT EXISTS )?{table}\b", schema), table
+
+
+# --- integration: the fleet dashboard's SQL on a real PostgreSQL -------------------------
+
+T0 = datetime(2026, 11, 20, 8, 0, tzinfo=UTC)
+
+
+def expand_grafana_sql(text: str, variables: dict[str, list[str]]) -> str:
+    """Expand the Grafana macros and variables the dashboards use, as Grafana would."""
+    lo, hi = (T0 - timedelta(days=1)).isoformat(), (T0 + timedelta(days=1)).isoformat()
+    text = re.sub(r"\$__timeFilter\((\w+)\)", rf"\1 BETWEEN '{lo}' AND '{hi}'", text)
+    text = re.sub(
+        r"\$__timeGroupAlias\((\w+),\s*\$__interval\)",
+        r'floor(extract(epoch from \1)/3600)*3600 AS "time"',
+        text,
+    )
+    for name, values in variables.items():
+        text = re.sub(
+            rf"\$\{{?{name}\b\}}?", ",".join("'" + v.replace("'", "''") + "'" for v in values), text
+        )
+    assert "$" not in text, text
+    return text
+
+
+@pytest.fixture
+def fleet_db() -> Iterator[str]:
+    """A fresh database with the migrations applied and a little fleet history."""
+    from connectors.migrate import apply_migrations
+
+    admin = os.environ.get("PM_TEST_DATABASE_URL")
+    if not admin:
+        pytest.skip("PM_TEST_DATABASE_URL is not set: no PostgreSQL server to test against")
+    name = f"pm_test_deploy_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    dsn = make_conninfo(admin, dbname=name)
+    try:
+        apply_migrations(dsn)
+        h = timedelta(hours=1)
+        with psycopg.connect(dsn) as conn:
+            conn.execute(
+                "INSERT INTO equipment (equipment_id, equipment_type, first_seen, last_seen) "
+                "VALUES ('turbofan-0001', 'turbofan_engine', %s, %s), "
+                "('pump-0001', 'pump', %s, %s)",
+                (T0, T0 + h, T0, T0),
+            )
+            predictions = [
+                ("turbofan-0001", T0, 900.0, 0.9, 0.1, "ok"),
+                ("turbofan-0001", T0 + h, 60.0, 0.6, 0.5, "warning"),
+                ("pump-0001", T0, 10.0, 0.2, 0.99, "critical"),
+            ]
+            conn.cursor().executemany(
+                "INSERT INTO predictions (equipment_id, ts, model_name, model_version, rul, "
+                "rul_unit, rul_hours, health, anomaly_score, status, top_sensors) "
+                "VALUES (%s, %s, 'pm', '3', %s, 'hours', %s, %s, %s, %s, ARRAY['T24'])",
+                [(e, ts, rul, rul, hl, a, st) for e, ts, rul, hl, a, st in predictions],
+            )
+            m = timedelta(minutes=30)
+            alerts = [  # (id, equipment, ts, rule, severity, state, acknowledged)
+                ("a1", "turbofan-0001", T0, "health_low", "warning", "firing", False),
+                ("a2", "turbofan-0001", T0 + h, "health_low", "warning", "resolved", False),
+                ("a3", "turbofan-0001", T0, "rul_low", "critical", "firing", False),
+                ("a4", "pump-0001", T0, "anomaly_high", "critical", "firing", True),
+                ("a5", "pump-0001", T0, "health_low", "warning", "firing", False),
+                ("a6", "pump-0001", T0 + m, "health_low", "critical", "escalated", False),
+            ]
+            conn.cursor().executemany(
+                "INSERT INTO alerts (alert_id, equipment_id, ts, rule, severity, state, value, "
+                "threshold, message, acknowledged_at) "
+                "VALUES (%s, %s, %s, %s, %s, %s, 1.0, 2.0, 'm', "
+                "CASE WHEN %s THEN now() END)",
+                alerts,
+            )
+        yield dsn
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@pytest.mark.integration
+def test_fleet_dashboard_queries_run_and_answer_correctly(fleet_db: str) -> None:
+    dash = load_dashboard(GRAFANA_DIR / "dashboards" / "fleet-health.json")
+    variables = {
+        "equipment_type": ["turbofan_engine", "pump"],
+        "equipment_id": ["turbofan-0001", "pump-0001"],
+    }
+    results: dict[str, list[dict[str, Any]]] = {}
+    with psycopg.connect(fleet_db) as conn:
+        for var in dash["templating"]["list"]:
+            rows = conn.execute(expand_grafana_sql(var["query"], variables)).fetchall()
+            assert {r[0] for r in rows} == set(variables[var["name"]]), var["name"]
+        for panel, target in dashboard_targets(dash):
+            cur = conn.execute(expand_grafana_sql(target["rawSql"], variables))
+            cols = [d.name for d in cur.description or []]
+            results[panel["title"]] = [dict(zip(cols, row, strict=True)) for row in cur]
+            if target["format"] == "time_series":
+                assert cols[:2] == ["time", "metric"], panel["title"]
+
+    latest = results["Latest status per equipment"]
+    assert [(r["equipment"], r["status"], r["type"]) for r in latest] == [
+        ("pump-0001", "critical", "pump"),
+        ("turbofan-0001", "warning", "turbofan_engine"),
+    ]
+    assert results["Equipment by status"] == [{"critical": 1, "warning": 1, "ok": 0}]
+    open_alerts = {(r["equipment"], r["rule"], r["state"]) for r in results["Open alerts"]}
+    assert open_alerts == {
+        ("turbofan-0001", "rul_low", "firing"),
+        ("pump-0001", "health_low", "escalated"),
+    }
+    assert results["Open alerts"][0]["severity"] == "critical"
+    assert results["Open alerts (count)"] == [{"critical": 2, "warning": 0}]
+    assert len(results["Alert history"]) == 6
+    health = {(r["metric"], r["health_avg"]) for r in results["Health (hourly average)"]}
+    assert ("turbofan-0001", 0.9) in health and ("pump-0001", 0.2) in health
+    rul = results["Remaining useful life (hours)"]
+    assert {r["metric"] for r in rul} == {"turbofan-0001", "pump-0001"}
