@@ -80,6 +80,11 @@ class KafkaSettings(_Section):
     dlq_topic: str = "raw_sensor_data.dlq"
     batch_size: int = Field(1000, ge=1)
     tail: bool = True
+    output_enabled: bool | None = Field(
+        None,
+        description="write predictions/alerts/dead letters to Kafka (default: if source=kafka)",
+    )
+    input_partitions: int = Field(4, ge=1, description="partitions when the flow creates the topic")
     client_config: dict[str, SecretStr] = Field(
         default_factory=dict, description="librdkafka settings, e.g. SASL/SSL (secret)"
     )
@@ -89,6 +94,7 @@ class PostgresSettings(_Section):
     buffer_size: int = Field(1000, ge=1)
     write_interval_seconds: float = Field(10.0, gt=0)
     migrate_on_start: bool = True
+    partitions: int = Field(2, ge=1, description="writers (connections) per flow")
 
 
 class Settings(BaseSettings):

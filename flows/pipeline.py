@@ -47,8 +47,13 @@ def build_source(flow: Dataflow, settings: Settings) -> tuple[Stream[Any], Strea
     """The configured input as a stream of raw records, plus source-level dead letters."""
     kind, _, arg = settings.source.partition(":")
     if kind == "kafka":
-        from connectors.kafka_io import kafka_input
+        from connectors.kafka_io import ensure_topics, kafka_input
 
+        k = settings.kafka
+        config = {key: v.get_secret_value() for key, v in k.client_config.items()}
+        ensure_topics(
+            settings.kafka_brokers.split(","), {k.input_topic: k.input_partitions}, config
+        )
         out = kafka_input(
             "kafka_input",
             flow,
@@ -132,6 +137,7 @@ def build_flow(
         source_errors,
     )
 
+    _service_outputs(settings, valid.trues, predictions, alerts, dead)
     embedded = output if output is not None else _embedded_output(settings)
     if embedded is not None:
         everything = op.merge(
@@ -142,6 +148,67 @@ def build_flow(
         )
         op.output("embedded_output", op.key_on("key_output", everything, _key), embedded)
     return flow
+
+
+def _service_outputs(
+    settings: Settings,
+    readings: Stream[Reading],
+    predictions: Stream[tuple[str, Any]],
+    alerts: Stream[tuple[str, Any]],
+    dead: Stream[DeadLetter],
+) -> None:
+    """PostgreSQL, Kafka, Redis and alert delivery, each when configured."""
+    secret = lambda v: v.get_secret_value() if v is not None else None  # noqa: E731
+    database_url, redis_url = secret(settings.database_url), secret(settings.redis_url)
+    alert_values = op.map("alert_out", alerts, lambda kv: kv[1])
+    prediction_values = op.map("prediction_out", predictions, lambda kv: kv[1])
+    if database_url:
+        from connectors.flow_sinks import PostgresSink
+        from connectors.migrate import apply_migrations
+
+        if settings.postgres.migrate_on_start:
+            applied = apply_migrations(database_url)
+            if applied:
+                log.warning("applied migrations %s", applied)
+        pg = settings.postgres
+        stored = op.merge("to_store", readings, prediction_values, alert_values)
+        op.output(
+            "postgres_out",
+            op.key_on("key_store", stored, _key),
+            PostgresSink(database_url, pg.buffer_size, pg.write_interval_seconds, pg.partitions),
+        )
+    kafka_out = settings.kafka.output_enabled
+    if kafka_out or (kafka_out is None and settings.source == "kafka"):
+        from connectors import kafka_io
+
+        k = settings.kafka
+        brokers = settings.kafka_brokers.split(",")
+        config = {key: v.get_secret_value() for key, v in k.client_config.items()}
+        kafka_io.ensure_topics(
+            brokers, {k.predictions_topic: k.input_partitions, k.alerts_topic: 1,
+                      k.dlq_topic: 1}, config,
+        )  # fmt: skip
+
+        def sink(topic: str) -> kafka_io.KafkaProducerSink:
+            return kafka_io.KafkaProducerSink(
+                brokers, topic, config, name=topic, metrics=metrics.sink_observer
+            )
+
+        op.output("predictions_topic", op.map("prediction_msg", prediction_values,
+                  kafka_io.prediction_message), sink(k.predictions_topic))  # fmt: skip
+        op.output("alerts_topic", op.map("alert_msg", alert_values, kafka_io.alert_message),
+                  sink(k.alerts_topic))  # fmt: skip
+        op.output("dlq_topic", op.map("dlq_msg", dead, kafka_io.dead_letter_message),
+                  sink(k.dlq_topic))  # fmt: skip
+    if redis_url:
+        from connectors.flow_sinks import RedisStatusSink
+
+        op.output("redis_status", prediction_values, RedisStatusSink(redis_url))
+    urls = [u.get_secret_value() for u in settings.apprise_urls]
+    if urls:
+        from connectors.flow_sinks import AlertNotifySink
+
+        op.output("notify_alerts", alert_values, AlertNotifySink(urls, redis_url))
 
 
 def _key(item: Any) -> str:

@@ -12,6 +12,7 @@ from models.schemas import SCHEMA_VERSION, DeadLetter, Origin, Reading, iso_to_m
 
 MAX_ID_LEN = 128
 MAX_PAYLOAD_ECHO = 10_000  # dead letters keep at most this many characters of the payload
+MAX_TS_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z, the last instant ms_to_iso can print
 
 
 class _Invalid(ValueError):
@@ -60,7 +61,7 @@ def _decode(payload: bytes | str | Mapping[str, Any]) -> Mapping[str, Any]:
         raise _Invalid(f"payload has unsupported type {type(payload).__name__}")
     try:
         doc = json.loads(payload)
-    except json.JSONDecodeError as exc:
+    except (ValueError, RecursionError) as exc:  # also too deep, or an integer too long
         raise _Invalid(f"invalid JSON: {exc}") from None
     if not isinstance(doc, dict):
         raise _Invalid(f"reading must be a JSON object, got {type(doc).__name__}")
@@ -98,13 +99,18 @@ def _timestamp(doc: Mapping[str, Any]) -> int:
         if not isinstance(value, str):
             raise _Invalid(f"ts must be an ISO-8601 string, got {value!r}"[:200])
         try:
-            return iso_to_ms(value)
+            ts_ms = iso_to_ms(value)
         except (ValueError, OverflowError):
             raise _Invalid(f"ts is not an ISO-8601 timestamp: {value!r}"[:200]) from None
+        if not 0 <= ts_ms <= MAX_TS_MS:
+            raise _Invalid(f"ts {value!r} is out of range (1970 to 9999)"[:200])
+        return ts_ms
     if "ts_ms" in doc:
         value = doc["ts_ms"]
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise _Invalid(f"ts_ms must be a non-negative integer, got {value!r}"[:200])
+        if value > MAX_TS_MS:
+            raise _Invalid(f"ts_ms is out of range (after year 9999, max {MAX_TS_MS})")
         return value
     raise _Invalid("missing field 'ts'")
 
@@ -121,7 +127,10 @@ def _numbers(doc: Mapping[str, Any], key: str, *, required: bool) -> dict[str, f
     for name, value in raw.items():
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise _Invalid(f"{key}[{name!r}] is not a number: {value!r}"[:200])
-        f = float(value)
+        try:
+            f = float(value)
+        except OverflowError:  # an integer beyond float range
+            raise _Invalid(f"{key}[{name!r}] is not a finite number: too large") from None
         if not math.isfinite(f):
             raise _Invalid(f"{key}[{name!r}] is not a finite number: {value!r}")
         out[name] = f

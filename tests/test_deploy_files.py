@@ -426,6 +426,20 @@ def kafka_listeners(spec: str) -> dict[str, str]:
     return dict(item.split("://", 1) for item in spec.split(","))
 
 
+def test_trainer_command_is_accepted_by_the_trainer() -> None:
+    from models.train import build_parser
+
+    trainer = services()["trainer"]
+    cmd = command_list(trainer)
+    assert cmd[:3] == ["python", "-m", "models.train"]
+    args = build_parser().parse_args(cmd[3:])
+    assert args.out == "/artifacts/model"
+    assert not args.no_mlflow and not args.no_register, "the flow needs a registered model"
+    assert env_of(trainer)["PM_MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
+    flow_env = env_of(services()["flow"])
+    assert flow_env["PM_MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
+
+
 def test_kafka_listeners_serve_network_and_host() -> None:
     kafka = services()["kafka"]
     env = env_of(kafka)
@@ -663,6 +677,22 @@ def test_prometheus_rule_files_exist_and_rules_use_known_metrics() -> None:
         "PMSinkErrors",
         "PMKafkaConsumerLagHigh",
     } <= alerts
+
+
+def test_metric_names_here_are_the_ones_the_flow_exports() -> None:
+    from prometheus_client.metrics import MetricWrapperBase
+
+    import connectors.metrics
+
+    exported: dict[str, str] = {}
+    for obj in vars(connectors.metrics).values():
+        if isinstance(obj, MetricWrapperBase):
+            for metric in obj.describe():
+                suffix = "_total" if metric.type == "counter" else ""
+                exported[metric.name + suffix] = metric.type
+    histograms = {name for name, kind in exported.items() if kind == "histogram"}
+    assert histograms == FLOW_HISTOGRAMS
+    assert set(exported) - histograms == FLOW_COUNTERS_AND_GAUGES
 
 
 def test_prometheus_config_is_mounted_where_prometheus_reads_it() -> None:
