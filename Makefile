@@ -11,12 +11,13 @@ DEFAULT_MODEL := $(MODEL_DIR)/turbofan_engine.onnx
 SERVICES_DIR ?= $(CURDIR)/.services
 export PM_SERVICES_DIR := $(SERVICES_DIR)
 
-.PHONY: help install run train test test-unit services-up services-down health lint format bench clean
+.PHONY: help install run train retrain test test-unit services-up services-down health lint format bench clean
 
 help:
 	@echo "make run            embedded demo: simulator in, console out (no services needed)"
 	@echo "make test           start Kafka, PostgreSQL, Redis on 127.0.0.1 and run every test"
 	@echo "make train          train, validate, export ONNX and register the model in MLflow"
+	@echo "make retrain        challenger from PostgreSQL history vs the production model"
 	@echo "make bench          throughput benchmarks (a table)"
 	@echo "make services-up    start the local services; make services-down stops them"
 	@echo "make lint           ruff check, ruff format --check, mypy"
@@ -40,6 +41,9 @@ run: $(STAMP) $(DEFAULT_MODEL)
 
 train: $(STAMP)
 	$(PY) -m models.train --out $(MODEL_DIR)
+
+retrain: $(STAMP)
+	$(PY) -m models.retrain --database-url "$${PM_DATABASE_URL:?set PM_DATABASE_URL to the history database}"
 
 services-up:
 	infra/scripts/services.sh up

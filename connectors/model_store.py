@@ -33,6 +33,7 @@ class ModelBundle:
     source: str
     version: str
     models: dict[str, RulModel] = field(default_factory=dict)
+    blobs: dict[str, bytes] = field(default_factory=dict, repr=False)  # the ONNX files
 
     def for_type(self, equipment_type: str) -> RulModel | None:
         return self.models.get(equipment_type)
@@ -62,6 +63,7 @@ def load_path(path: str | Path, version: str | None = None, source: str | None =
         digest = hashlib.sha256(b"".join(blobs[f] for f in files)).hexdigest()[:12]
         version = f"sha256:{digest}"
     models: dict[str, RulModel] = {}
+    by_type: dict[str, bytes] = {}
     for f, blob in blobs.items():
         try:
             model = RulModel(blob, version)
@@ -71,7 +73,8 @@ def load_path(path: str | Path, version: str | None = None, source: str | None =
         if etype in models:
             raise ModelLoadError(f"two models for equipment type {etype!r} in {path}")
         models[etype] = model
-    return ModelBundle(source or str(path), version, models)
+        by_type[etype] = blob
+    return ModelBundle(source or str(path), version, models, by_type)
 
 
 def registry_version(uri: str, tracking_uri: str) -> str:
