@@ -128,9 +128,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                     blobs[other] = onnx_bytes
         files = save_bundle(blobs, Path(tmp) / "bundle")
         with mlflow.start_run(run_name="retrain"):
+            champion_version = champion_bundle.version if champion_bundle else "none"
             mlflow.log_params({"equipment_type": args.equipment_type, "units": len(units),
                                "held_out_units": len(test), "margin": args.margin,
-                               "champion": champion_bundle.version if champion_bundle else "none"})  # fmt: skip
+                               "champion": champion_version})  # fmt: skip
             mlflow.log_metrics({f"challenger_{k}": v for k, v in challenger_scores.items()})
             if champion_scores:
                 mlflow.log_metrics({f"champion_{k}": v for k, v in champion_scores.items()})
