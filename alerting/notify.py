@@ -166,7 +166,7 @@ def _send(service: apprise.NotifyBase, title: str, body: str, kind: apprise.Noti
 
 def _masked(service: apprise.NotifyBase) -> str:
     """The service's URL with secrets masked by Apprise (safe to log)."""
-    return str(service.url(privacy=True))  # type: ignore[no-untyped-call]
+    return str(service.url(privacy=True))
 
 
 def _mask(url: str) -> str:

@@ -183,3 +183,37 @@ class AlertNotifySink(DynamicSink[Alert]):
         else:
             deduper = MemoryDeduper()
         return _NotifyPartition(AppriseNotifier(self.urls, timeout_s=self.timeout_s), deduper)
+
+
+class _DriftStorePartition(StatelessSinkPartition[Any]):
+    def __init__(self, dsn: str) -> None:
+        self.dsn = dsn
+
+    def write_batch(self, items: list[Any]) -> None:
+        import psycopg
+
+        from connectors.drift_store import write_drift
+
+        delay = 0.5
+        while True:  # a few rows a minute: retry until stored, like the main sink
+            try:
+                with psycopg.connect(self.dsn) as conn:
+                    for ev in items:
+                        write_drift(conn, ev.ts_ms, ev.equipment_type, ev.model_version,
+                                    ev.names, ev.psi)  # fmt: skip
+                return
+            except psycopg.OperationalError as exc:
+                metrics.SINK_ERRORS.labels("drift").inc()
+                log.warning("drift store: %s; retrying in %.1f s", exc, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 30.0)
+
+
+class DriftStoreSink(DynamicSink[Any]):
+    """Drift evaluations into the ``feature_drift`` table (idempotent on its key)."""
+
+    def __init__(self, dsn: str) -> None:
+        self.dsn = dsn
+
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _DriftStorePartition:
+        return _DriftStorePartition(self.dsn)

@@ -38,6 +38,30 @@ ANOMALY_SCORE = Histogram(
     buckets=(0.1, 0.5, 0.9, 0.95, 0.99, 1.0),
 )  # fmt: skip
 EQUIPMENT_ACTIVE = Gauge("pm_equipment_active", "Equipment with state in this process")
+FEATURE_DRIFT_MAX = Gauge(
+    "pm_feature_drift_max", "Largest feature PSI against the training reference",
+    ["equipment_type"],
+)  # fmt: skip
+FEATURE_DRIFT_PSI = Gauge(
+    "pm_feature_drift_psi", "PSI of the most drifted features (top 10 only)",
+    ["equipment_type", "feature"],
+)  # fmt: skip
+FEATURE_DRIFT_ROWS = Gauge(
+    "pm_feature_drift_rows", "Decayed rows behind the drift estimate", ["equipment_type"]
+)
+_top_features: dict[str, set[str]] = {}
+
+
+def record_drift(equipment_type: str, max_psi: float, top: list, rows: float) -> None:
+    """Export one drift evaluation, keeping only the current top features as series."""
+    FEATURE_DRIFT_MAX.labels(equipment_type).set(max_psi)
+    FEATURE_DRIFT_ROWS.labels(equipment_type).set(rows)
+    names = {name for name, _ in top}
+    for stale in _top_features.get(equipment_type, set()) - names:
+        FEATURE_DRIFT_PSI.remove(equipment_type, stale)
+    for name, psi in top:
+        FEATURE_DRIFT_PSI.labels(equipment_type, name).set(psi)
+    _top_features[equipment_type] = names
 
 
 def serve(port: int) -> None:

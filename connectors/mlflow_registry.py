@@ -25,11 +25,11 @@ class OnnxBundleModel(PythonModel):
     """pyfunc wrapper so MLflow users can score a bundle: input = feature rows of one
     equipment type (``params={"equipment_type": ...}``), output = RUL per row."""
 
-    def load_context(self, context):  # type: ignore[no-untyped-def]
+    def load_context(self, context):
         first = Path(next(iter(context.artifacts.values())))
         self.bundle = load_path(first.parent)
 
-    def predict(self, context, model_input, params=None):  # type: ignore[no-untyped-def]
+    def predict(self, context, model_input, params=None):
         etype = (params or {}).get("equipment_type") or next(iter(self.bundle.models))
         rul, _, _ = self.bundle.models[etype].predict(np.asarray(model_input, dtype=np.float32))
         return rul

@@ -65,12 +65,23 @@ class AlertSettings(_Section):
     rul_critical_hours: float = 24.0
     health_warning: float = 0.7
     health_critical: float = 0.4
-    anomaly_warning: float = 0.99
-    anomaly_critical: float = 0.999
+    anomaly_warning: float = 0.9999
+    anomaly_critical: float = 0.99999
     hysteresis: float = 0.1
     cooldown_s: float = 21600.0
-    anomaly_min_consecutive: int = 5
+    anomaly_min_consecutive: int = 1
     use_rul_lower_bound: bool = False
+
+
+class DriftSettings(_Section):
+    """Feature drift of live windows against the model's training reference (PSI)."""
+
+    enabled: bool = True
+    half_life: int = Field(2000, ge=10, description="rows; older windows weigh half as much")
+    every_s: float = Field(300.0, gt=0, description="evaluate every this much event time")
+    warning: float = Field(0.5, gt=0, description="max feature PSI that raises a warning")
+    min_count: int = Field(2000, ge=1, description="rows seen before the first evaluation")
+    sample_every: int = Field(1, ge=1, description="use 1 reading in N (by event time)")
 
 
 class KafkaSettings(_Section):
@@ -124,6 +135,7 @@ class Settings(BaseSettings):
     features: FeatureSettings = FeatureSettings()
     anomaly: AnomalySettings = AnomalySettings()
     alerts: AlertSettings = AlertSettings()
+    drift: DriftSettings = DriftSettings()
     kafka: KafkaSettings = KafkaSettings()
     postgres: PostgresSettings = PostgresSettings()
 

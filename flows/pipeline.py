@@ -22,9 +22,16 @@ from connectors import metrics
 from connectors.kafka_io import RawRecord
 from connectors.settings import Settings, load_settings
 from connectors.sinks import ConsoleSink, JsonlSink
-from flows.steps import AlertLogic, EquipmentLogic, Runtime, predict_items
+from flows.steps import (
+    AlertLogic,
+    DriftLogic,
+    EquipmentLogic,
+    Runtime,
+    drift_sample,
+    predict_items,
+)
 from models.parsing import parse_reading
-from models.schemas import DeadLetter, Reading
+from models.schemas import Alert, DeadLetter, Reading
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +137,17 @@ def build_flow(
         return AlertLogic(runtime.thresholds, pickle.loads(resume) if resume else None)
 
     alerts = op.stateful_batch("evaluate_alerts", predictions, alert_builder)
+    drift_evaluations = None
+    if settings.drift.enabled and runtime.holder is not None:
+        samples = op.filter_map("drift_sample", scored.trues, lambda kv: drift_sample(runtime, kv))
+
+        def drift_builder(resume: bytes | None) -> DriftLogic:
+            return DriftLogic(runtime, pickle.loads(resume) if resume else None)
+
+        drift_out = op.stateful_batch("feature_drift", samples, drift_builder)
+        drift_split = op.branch("split_drift", drift_out, lambda kv: isinstance(kv[1], Alert))
+        alerts = op.merge("all_alerts", alerts, drift_split.trues)
+        drift_evaluations = op.map("drift_values", drift_split.falses, lambda kv: kv[1])
     dead = op.merge(
         "dead_letters",
         valid.falses,
@@ -137,7 +155,7 @@ def build_flow(
         source_errors,
     )
 
-    _service_outputs(settings, valid.trues, predictions, alerts, dead)
+    _service_outputs(settings, valid.trues, predictions, alerts, dead, drift_evaluations)
     embedded = output if output is not None else _embedded_output(settings)
     if embedded is not None:
         everything = op.merge(
@@ -156,6 +174,7 @@ def _service_outputs(
     predictions: Stream[tuple[str, Any]],
     alerts: Stream[tuple[str, Any]],
     dead: Stream[DeadLetter],
+    drift_evaluations: Stream[Any] | None,
 ) -> None:
     """PostgreSQL, Kafka, Redis and alert delivery, each when configured."""
     secret = lambda v: v.get_secret_value() if v is not None else None  # noqa: E731
@@ -177,6 +196,10 @@ def _service_outputs(
             op.key_on("key_store", stored, _key),
             PostgresSink(database_url, pg.buffer_size, pg.write_interval_seconds, pg.partitions),
         )
+        if drift_evaluations is not None:
+            from connectors.flow_sinks import DriftStoreSink
+
+            op.output("drift_store", drift_evaluations, DriftStoreSink(database_url))
     kafka_out = settings.kafka.output_enabled
     if kafka_out or (kafka_out is None and settings.source == "kafka"):
         from connectors import kafka_io

@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import pickle
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import numpy as np
 from bytewax.operators import StatefulBatchLogic
 
 from alerting.rules import AlertState, Thresholds, evaluate
@@ -34,6 +35,7 @@ class Runtime:
     settings: Settings
     thresholds: Thresholds
     holder: ModelHolder | None
+    _drift_refs: dict[tuple[str, str], Any] = field(default_factory=dict)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Runtime:
@@ -69,6 +71,19 @@ class Runtime:
                 on_reload=lambda result: metrics.MODEL_RELOADS.labels(result).inc(),
             )
         return cls(settings, thresholds, holder)
+
+    def drift_reference(self, equipment_type: str) -> tuple[str, Any] | None:
+        """(model version, DriftReference) of this type's model, parsed once per version."""
+        model = self.model_for(equipment_type)
+        text = getattr(model.meta, "drift_reference", "") if model is not None else ""
+        if not text or model is None:
+            return None
+        key = (equipment_type, model.version)
+        if key not in self._drift_refs:
+            from models.drift import DriftReference
+
+            self._drift_refs[key] = DriftReference.from_json(text)
+        return model.version, self._drift_refs[key]
 
     def model_for(self, equipment_type: str) -> RulModel | None:
         return None if self.holder is None else self.holder.current().for_type(equipment_type)
@@ -187,3 +202,54 @@ def predict_items(
         metrics.ANOMALY_SCORE.labels(p.equipment_type).observe(p.anomaly_score)
         metrics.EVENT_LAG.observe(max(0.0, now - p.ts_ms / 1000.0))
     return [(p.equipment_id, p) for p in preds]
+
+
+class DriftLogic(StatefulBatchLogic[tuple[str, int, Any], Any, bytes]):
+    """Feature drift of one equipment type against its model's training reference."""
+
+    def __init__(self, runtime: Runtime, tracker: Any) -> None:
+        self.runtime = runtime
+        self.tracker = tracker
+
+    def on_batch(self, values: list[tuple[str, int, Any]]) -> tuple[list[Any], bool]:
+        from models.drift import DriftConfig, DriftTracker
+
+        self.equipment_type = values[0][0]
+        ref = self.runtime.drift_reference(self.equipment_type)
+        if ref is None:
+            return [], StatefulBatchLogic.RETAIN
+        version, reference = ref
+        if self.tracker is None:
+            d = self.runtime.settings.drift
+            config = DriftConfig(
+                half_life=d.half_life,
+                every_ms=round(d.every_s * 1000),
+                warning=d.warning,
+                min_count=d.min_count,
+            )
+            self.tracker = DriftTracker(self.equipment_type, version, reference, config)
+        else:
+            self.tracker.set_model(version, reference)
+        ts = np.array([t for _, t, _ in values], dtype=np.int64)
+        evaluations = self.tracker.ingest(ts, np.stack([f for _, _, f in values]))
+        out: list[Any] = []
+        for ev in evaluations:
+            metrics.record_drift(ev.equipment_type, ev.max_psi, ev.top(10), ev.count)
+            out.append(ev)
+            out.extend(ev.alerts)
+        return out, StatefulBatchLogic.RETAIN
+
+    def snapshot(self) -> bytes:
+        return pickle.dumps(self.tracker, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def drift_sample(runtime: Runtime, kv: tuple[str, Scored]) -> tuple[str, tuple] | None:
+    """The drift step's input, keyed by equipment type, for 1 reading in N."""
+    s = kv[1]
+    if s.features is None:
+        return None
+    n = runtime.settings.drift.sample_every
+    if n > 1 and (s.reading.ts_ms // 1000) % n:
+        return None
+    etype = s.reading.equipment_type
+    return etype, (etype, s.reading.ts_ms, s.features)

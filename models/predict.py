@@ -53,7 +53,8 @@ def predict_batch(
             for i in idx:
                 out[i] = _build(items[i], None, None, None, None, anomaly_weight, thresholds)
             continue
-        rul, lower, upper = model.predict(np.stack([items[i].features for i in idx]))
+        rows = [items[i].features for i in idx]
+        rul, lower, upper = model.predict(np.stack(rows))  # type: ignore[arg-type]
         for j, i in enumerate(idx):
             out[i] = _build(
                 items[i], model, float(rul[j]), float(lower[j]), float(upper[j]),

@@ -110,12 +110,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ModelLoadError as exc:
         progress(f"no champion ({exc}); the challenger wins by default", t0)
         champion_bundle, champion = None, None
-    champion_scores = score(champion, test, args.rul_cap, args.seed) if champion else None
-    if champion_scores:
+    champion_scores = None
+    if champion is not None and champion_bundle is not None:
+        champion_scores = score(champion, test, args.rul_cap, args.seed)
         progress(f"champion v{champion_bundle.version}: RMSE {champion_scores['rmse']:.2f}", t0)
-    promote = decide(
-        challenger_scores["rmse"], champion_scores and champion_scores["rmse"], args.margin
-    )
+    champion_rmse = champion_scores["rmse"] if champion_scores else None
+    promote = decide(challenger_scores["rmse"], champion_rmse, args.margin)
 
     mlflow_registry.setup(uri)
     import mlflow
