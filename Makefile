@@ -61,6 +61,7 @@ test-unit: $(STAMP)
 	$(PY) -m pytest -m "not integration"
 
 bench: $(STAMP) $(DEFAULT_MODEL)
+	if [ -f "$(SERVICES_DIR)/env" ]; then set -a && . "$(SERVICES_DIR)/env" && set +a; fi; \
 	$(PY) -m tests.bench
 
 lint: $(STAMP)

@@ -140,6 +140,21 @@ class ConsoleSink(_SinglePartSink):
         return _ConsolePartition(sys.stdout, sys.stderr, self.progress_s)
 
 
+class _DiscardPartition(StatefulSinkPartition[OutItem, None]):
+    def write_batch(self, values: list[OutItem]) -> None:
+        return None
+
+    def snapshot(self) -> None:
+        return None
+
+
+class DiscardSink(_SinglePartSink):
+    """``PM_OUTPUT=none`` with no service outputs: results are only counted in metrics."""
+
+    def build_part(self, step_id: str, for_part: str, resume_state: None) -> _DiscardPartition:
+        return _DiscardPartition()
+
+
 def jsonl_paths(path: str | Path) -> dict[str, Path]:
     """Where each kind of output goes: predictions at ``path``, alerts and dead letters
     beside it.

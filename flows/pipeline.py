@@ -21,7 +21,7 @@ from bytewax.outputs import Sink
 from connectors import metrics
 from connectors.kafka_io import RawRecord
 from connectors.settings import Settings, load_settings
-from connectors.sinks import ConsoleSink, JsonlSink
+from connectors.sinks import ConsoleSink, DiscardSink, JsonlSink
 from flows.steps import (
     AlertLogic,
     DriftLogic,
@@ -155,8 +155,12 @@ def build_flow(
         source_errors,
     )
 
-    _service_outputs(settings, valid.trues, predictions, alerts, dead, drift_evaluations)
+    has_service_output = _service_outputs(
+        settings, valid.trues, predictions, alerts, dead, drift_evaluations
+    )
     embedded = output if output is not None else _embedded_output(settings)
+    if embedded is None and not has_service_output:
+        embedded = DiscardSink()  # PM_OUTPUT=none and no services: still a valid dataflow
     if embedded is not None:
         everything = op.merge(
             "all_outputs",
@@ -175,8 +179,8 @@ def _service_outputs(
     alerts: Stream[tuple[str, Any]],
     dead: Stream[DeadLetter],
     drift_evaluations: Stream[Any] | None,
-) -> None:
-    """PostgreSQL, Kafka, Redis and alert delivery, each when configured."""
+) -> bool:
+    """PostgreSQL, Kafka, Redis and alert delivery, each when configured; True if any."""
     secret = lambda v: v.get_secret_value() if v is not None else None  # noqa: E731
     database_url, redis_url = secret(settings.database_url), secret(settings.redis_url)
     alert_values = op.map("alert_out", alerts, lambda kv: kv[1])
@@ -232,6 +236,9 @@ def _service_outputs(
         from connectors.flow_sinks import AlertNotifySink
 
         op.output("notify_alerts", alert_values, AlertNotifySink(urls, redis_url))
+    return bool(database_url or redis_url or urls) or bool(
+        kafka_out or (kafka_out is None and settings.source == "kafka")
+    )
 
 
 def _key(item: Any) -> str:
