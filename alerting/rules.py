@@ -81,11 +81,11 @@ class Thresholds:
     rul_critical_hours: float = 24.0
     health_warning: float = 0.7
     health_critical: float = 0.4
-    anomaly_warning: float = 0.99
-    anomaly_critical: float = 0.999
+    anomaly_warning: float = 0.9999
+    anomaly_critical: float = 0.99999
     hysteresis: float = 0.1
     cooldown_s: float = 21600.0
-    anomaly_min_consecutive: int = 5
+    anomaly_min_consecutive: int = 1
     use_rul_lower_bound: bool = False
 
     def __post_init__(self) -> None:

@@ -1,9 +1,16 @@
-"""Fault injection for the simulator: spike, drift and stuck episodes on one sensor at a time.
+"""Fault injection for the simulator: spike, drift, stuck and level-shift episodes on one
+sensor at a time.
 
 - spike: one reading of one sensor jumps up by 6-10 sigma;
 - drift: one sensor ramps linearly away (either sign) to 6-10 sigma over 20-50 readings, then
   snaps back (recalibrated);
-- stuck: one sensor repeats its last emitted value for 20-50 readings.
+- stuck: one sensor repeats its last emitted value for 20-50 readings;
+- level_shift: one sensor's level jumps (either sign) by 4-8 sigma and *stays* there for the
+  rest of the run, like a sensor re-fitted or recalibrated during maintenance. The episode
+  (what ground truth labels) is the jump and the 20-50 readings after it in which the shift
+  is news; after that the shifted level is the new normal (no longer labelled, still shifted;
+  ``FaultInjector.offsets`` holds the shifts in force). Shifts are whole multiples of the
+  sensor's resolution, so the numbers do not depend on chunking.
 
 "Sigma" is the sensor's noise std (at least its printed resolution; for pump vibration, the
 healthy RMS). Sensors that never vary are never chosen. Episodes start with probability
@@ -20,7 +27,7 @@ import numpy as np
 
 from connectors.sim_models import EquipmentModel
 
-FAULT_KINDS = ("spike", "drift", "stuck")
+FAULT_KINDS = ("spike", "drift", "stuck", "level_shift")
 
 
 @dataclass
@@ -30,11 +37,11 @@ class Episode:
     start: int  # global reading index of the equipment
     end: int  # inclusive; clipped to the equipment's last reading
     length: int  # planned number of readings (a drift ramps over this many)
-    size: float  # signed spike height / final drift offset, or the stuck value
+    size: float  # signed spike height / final drift offset / level shift, or the stuck value
 
 
 class FaultInjector:
-    """Injects spike / drift / stuck episodes into one equipment's sensor blocks, in place."""
+    """Injects fault episodes into one equipment's sensor blocks, in place."""
 
     def __init__(
         self,
@@ -51,6 +58,7 @@ class FaultInjector:
         self.start_rng, self.param_rng = start_rng, param_rng
         self.active: Episode | None = None
         self.last_row: np.ndarray | None = None
+        self.offsets = np.zeros(len(self.scale))  # level shifts in force, per sensor
 
     def _new(self, g: int, x: np.ndarray, i: int) -> Episode:
         r = self.param_rng
@@ -64,6 +72,10 @@ class FaultInjector:
             return Episode(kind, col, g, end, length, height)
         if kind == "drift":
             return Episode(kind, col, g, end, length, sign * height)
+        if kind == "level_shift":
+            shift = sign * float(r.uniform(4.0, 8.0)) * self.scale[col]
+            step = 10.0 ** -float(self.decimals[col])
+            return Episode(kind, col, g, end, length, round(shift / step) * step)
         prev = x[i - 1] if i > 0 else self.last_row
         return Episode(kind, col, g, end, length, float((x[i] if prev is None else prev)[col]))
 
@@ -72,6 +84,8 @@ class FaultInjector:
         n = len(x)
         starts = self.start_rng.random(n) < self.rate
         labels: list[Episode | None] = [None] * n
+        for col in np.flatnonzero(self.offsets).tolist():
+            x[:, col] = self._shifted(x[:, col], float(self.offsets[col]), col)
         i = 0
         while i < n:
             ep = self.active
@@ -84,6 +98,10 @@ class FaultInjector:
             stop = min(n, ep.end - g0 + 1)
             if ep.kind == "stuck":
                 x[i:stop, ep.col] = ep.size
+            elif ep.kind == "level_shift":
+                if g0 + i == ep.start:  # the jump: from here to the end of the run
+                    x[i:, ep.col] = self._shifted(x[i:, ep.col], ep.size, ep.col)
+                    self.offsets[ep.col] += ep.size
             else:
                 steps = np.arange(g0 + i, g0 + stop) - ep.start + 1
                 ramp = steps / ep.length if ep.kind == "drift" else 1.0
@@ -96,3 +114,6 @@ class FaultInjector:
         if n:
             self.last_row = x[-1].copy()
         return labels
+
+    def _shifted(self, values: np.ndarray, offset: float, col: int) -> np.ndarray:
+        return np.round(values + offset, self.decimals[col]) + 0.0

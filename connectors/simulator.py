@@ -101,7 +101,11 @@ def config_errors(c: SimConfig) -> list[str]:
 
 @dataclass(frozen=True)
 class Truth:
-    """Ground truth for one reading. ``fault*`` describe the injected episode covering it."""
+    """Ground truth for one reading. ``fault*`` describe the injected episode covering it.
+
+    A ``level_shift`` episode covers the jump and the readings in which it is news; the shift
+    itself stays for the rest of the run (the new normal), unlabelled once the episode ends.
+    """
 
     equipment_id: str
     ts_ms: int
