@@ -11,7 +11,7 @@ DEFAULT_MODEL := $(MODEL_DIR)/turbofan_engine.onnx
 SERVICES_DIR ?= $(CURDIR)/.services
 export PM_SERVICES_DIR := $(SERVICES_DIR)
 
-.PHONY: help install run train retrain test test-unit services-up services-down health lint format bench clean
+.PHONY: help install run train retrain eval-detector test test-unit services-up services-down health lint format bench clean
 
 help:
 	@echo "make run            embedded demo: simulator in, console out (no services needed)"
@@ -19,6 +19,7 @@ help:
 	@echo "make train          train, validate, export ONNX and register the model in MLflow"
 	@echo "make retrain        challenger from PostgreSQL history vs the production model"
 	@echo "make bench          throughput benchmarks (a table)"
+	@echo "make eval-detector  anomaly detector on labelled simulator faults (a table)"
 	@echo "make services-up    start the local services; make services-down stops them"
 	@echo "make lint           ruff check, ruff format --check, mypy"
 
@@ -44,6 +45,9 @@ train: $(STAMP)
 
 retrain: $(STAMP)
 	$(PY) -m models.retrain --database-url "$${PM_DATABASE_URL:?set PM_DATABASE_URL to the history database}"
+
+eval-detector: $(STAMP)
+	$(PY) -m models.detector_eval
 
 services-up:
 	infra/scripts/services.sh up

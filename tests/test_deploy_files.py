@@ -53,6 +53,9 @@ FLOW_COUNTERS_AND_GAUGES = {
     "pm_model_info",
     "pm_model_reloads_total",
     "pm_equipment_active",
+    "pm_feature_drift_max",
+    "pm_feature_drift_psi",
+    "pm_feature_drift_rows",
 }
 FLOW_HISTOGRAMS = {
     "pm_event_lag_seconds",
