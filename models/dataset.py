@@ -23,6 +23,11 @@ class UnitHistory:
     unit_id: str
     sensors: np.ndarray  # (T, S) in FeatureConfig.sensors order
     rul: np.ndarray  # (T,) true RUL in the equipment type's unit
+    settings: np.ndarray | None = None  # (T, Ns) operating settings, when known
+
+    def select(self, columns: Sequence[int]) -> UnitHistory:
+        """The same unit with only the given sensor columns."""
+        return UnitHistory(self.unit_id, self.sensors[:, list(columns)], self.rul, self.settings)
 
 
 @dataclass(frozen=True)
@@ -33,8 +38,12 @@ class UnitFeatures:
 
 
 def featurize(units: Sequence[UnitHistory], config: FeatureConfig) -> list[UnitFeatures]:
-    """Stream-identical features at every step of every unit."""
-    return [UnitFeatures(u.unit_id, history_features(u.sensors, config), u.rul) for u in units]
+    """Stream-identical features at every step of every unit (sensors in ``config.sensors``
+    order; settings in the normaliser's order when ``config`` has one)."""
+    return [
+        UnitFeatures(u.unit_id, history_features(u.sensors, config, settings=u.settings), u.rul)
+        for u in units
+    ]
 
 
 def capped(rul: np.ndarray, cap: float) -> np.ndarray:
@@ -102,3 +111,56 @@ def nasa_score(pred: np.ndarray, true: np.ndarray) -> float:
     """
     d = np.asarray(pred, dtype=float) - np.asarray(true, dtype=float)
     return float(np.sum(np.where(d < 0, np.expm1(-d / 13.0), np.expm1(d / 10.0))))
+
+
+def conformal_offsets(
+    lower: np.ndarray,
+    upper: np.ndarray,
+    true: np.ndarray,
+    level: float,
+    point: np.ndarray | None = None,
+) -> tuple[float, float]:
+    """Conformalised quantile regression: how far to move the lower and the upper bound
+    (positive widens) so that each misses at most ``(1 - level) / 2`` of held-out cases
+    (and a side that misses less, through ties, leaves the rest to the other).
+
+    Each offset is the finite-sample corrected quantile of its conformity score
+    (``lower - true`` and ``true - upper``) over the held-out predictions. Given the
+    ``point`` predictions, the scores follow the band the model ships
+    (:func:`models.rul.calibrated_band` stretches it to contain the point): a true value
+    between the point and a bound is covered whatever the offset, so it does not count.
+
+    >>> t = np.arange(100.0)
+    >>> conformal_offsets(t - 1.0, t + 1.0, t, 0.8)  # a band that always covers shrinks
+    (-1.0, -1.0)
+    """
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"band level must be in (0, 1), got {level}")
+    true = np.asarray(true, dtype=np.float64)
+    n = len(true)
+    if n == 0:
+        return 0.0, 0.0
+    e_lo = np.asarray(lower, dtype=np.float64) - true
+    e_hi = true - np.asarray(upper, dtype=np.float64)
+    if point is not None:
+        e_lo = np.where(true < point, e_lo, -np.inf)
+        e_hi = np.where(true > point, e_hi, -np.inf)
+    alpha = 1.0 - level
+
+    def offset(e: np.ndarray, miss: float) -> float:
+        q = min(1.0, np.ceil((n + 1) * (1.0 - miss)) / n)
+        v = float(np.quantile(e, q, method="higher"))
+        if not np.isfinite(v):  # covered whatever the offset: shrink as far as seen
+            finite = e[np.isfinite(e)]
+            v = float(finite.min()) if finite.size else 0.0
+        return v
+
+    lo, hi = offset(e_lo, alpha / 2), offset(e_hi, alpha / 2)
+    # ties (many true values exactly at a bound, e.g. at the RUL cap) can leave one side
+    # missing less than its share; the other side may then miss the rest
+    miss_lo, miss_hi = float(np.mean(e_lo > lo)), float(np.mean(e_hi > hi))
+    if miss_hi < miss_lo:
+        lo = offset(e_lo, alpha - miss_hi)
+    elif miss_lo < miss_hi:
+        hi = offset(e_hi, alpha - miss_lo)
+    return lo, hi

@@ -1,6 +1,12 @@
 """Per-equipment streaming state: the window of recent readings, event-time bookkeeping
 (late and duplicate readings) and the anomaly detector. Pure and picklable; the flow keeps
-one per equipment id and snapshots it as pickled bytes."""
+one per equipment id and snapshots it as pickled bytes.
+
+When the feature configuration carries a condition normaliser, each accepted reading's
+sensors are normalised by its operating condition (from ``Reading.settings``, a missing
+setting keeping its last value) before they enter the window and the anomaly detector;
+with ``operating_history`` the state also counts readings per condition. Both are exactly
+what :func:`models.features.history_features` computes offline."""
 
 from __future__ import annotations
 
@@ -53,6 +59,10 @@ class EquipmentState:
     'late'
     """
 
+    # class-level defaults keep states pickled before these existed loadable
+    _settings: np.ndarray | None = None
+    _counts: list[float] | None = None
+
     def __init__(
         self,
         config: FeatureConfig,
@@ -73,6 +83,10 @@ class EquipmentState:
         self._last_row = np.full(len(config.sensors), np.nan)
         self._vib = {s: config.sensors.index(s) for s in config.fft_sensors}
         self.anomaly_level = 0.5
+        if config.conditions is not None:
+            self._settings = np.full(len(config.conditions.settings), np.nan)
+        if config.operating_history:
+            self._counts = [0.0] * config.n_conditions
 
     def ingest(self, reading: Reading) -> Scored | Rejected:
         """Take one reading: reject it if late or a duplicate, else window and score it."""
@@ -87,14 +101,41 @@ class EquipmentState:
                 f"{self.lateness_ms / 1000:.0f} s) behind {ms_to_iso(self.max_ts_ms)}",
             )
         self._remember(ts)
-        row = self._row(reading.sensors)
+        row = self.window_row(reading)
         self.buffer.append(row)
         score, top = self._score(row)
         if self.detector.seen > self.detector.warmup:
             self.anomaly_level += ANOMALY_EWMA_ALPHA * (score - self.anomaly_level)
         due = (self.buffer.count - 1) % self.predict_every == 0
-        features = window_features(self.buffer.window(), self.config) if due else None
-        return Scored(reading, features, score, self.anomaly_level, top)
+        return Scored(reading, self.features() if due else None, score, self.anomaly_level, top)
+
+    def window_row(self, reading: Reading) -> np.ndarray:
+        """The reading as it enters the window: sensors in feature order (a missing one
+        keeps its last value), normalised by its operating condition when the model has a
+        normaliser; counts the reading towards its condition's share."""
+        row = self._row(reading.sensors)
+        norm = self.config.conditions
+        condition = 0
+        if norm is not None and self._settings is not None:
+            self._settings = norm.settings_vector(reading.settings, self._settings)
+            condition = norm.assign_one(self._settings)
+            row = norm.normalise_one(row, condition)
+        if self._counts is not None:
+            self._counts[condition] += 1.0
+        return row
+
+    def features(self) -> np.ndarray:
+        """The model's input for the current window (plus the operating history:
+        :func:`~models.features.operating_features` of the counts, in plain Python)."""
+        features = window_features(self.buffer.window(), self.config)
+        counts = self._counts
+        if counts is None:
+            return features
+        age = sum(counts)
+        history = [age]
+        if len(counts) > 1:
+            history += [c / max(age, 1.0) for c in counts]
+        return np.concatenate([features, history])
 
     def _remember(self, ts: int) -> None:
         if len(self._recent_ts) == self._recent_ts.maxlen:
@@ -120,7 +161,9 @@ class EquipmentState:
         for i, name in enumerate(self.config.sensors):
             if name in self._vib:
                 recent = self.buffer.window()[-RMS_WINDOW:, i]
-                x[name] = float(np.sqrt(np.mean(recent * recent)))
+                recent = recent[recent == recent]  # NaN until the sensor was first seen
+                if recent.size:
+                    x[name] = float(np.sqrt(np.mean(recent * recent)))
             elif row[i] == row[i]:  # not NaN
                 x[name] = float(row[i])
         top = self._top_sensors(x)

@@ -42,7 +42,8 @@ def export_onnx(estimators: dict[str, object], n_features: int, meta: ModelMetad
     if "rul" not in estimators:
         raise ValueError("estimators must include 'rul'")
     initial = [(INPUT_NAME, FloatTensorType([None, n_features]))]
-    nodes, inits, outputs, opsets = [], [], [], {}
+    nodes, inits, outputs = [], [], []
+    opsets: dict[str, int] = {}
     for out_name, est in estimators.items():
         part = to_onnx(est, initial_types=initial, target_opset={"": 17, "ai.onnx.ml": 3})
         part = onnx.compose.add_prefix(part, prefix=f"{out_name}/", rename_inputs=False)
