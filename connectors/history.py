@@ -19,7 +19,7 @@ import psycopg
 from models.dataset import UnitHistory
 
 READINGS_SQL = """
-SELECT r.equipment_id, r.ts, r.sensors
+SELECT r.equipment_id, r.ts, r.sensors, r.settings
 FROM sensor_readings r JOIN equipment e USING (equipment_id)
 WHERE e.equipment_type = %s
 ORDER BY r.equipment_id, r.ts
@@ -33,15 +33,20 @@ ORDER BY m.equipment_id, m.ts
 
 
 def load_units(
-    dsn: str, equipment_type: str, sensors: Sequence[str], rul_unit: str
+    dsn: str,
+    equipment_type: str,
+    sensors: Sequence[str],
+    rul_unit: str,
+    settings: Sequence[str] = (),
 ) -> list[UnitHistory]:
-    """Run-to-failure units of one equipment type, sensors in the given order."""
+    """Run-to-failure units of one equipment type, sensors (and operating settings) in the
+    given order."""
     with psycopg.connect(dsn) as conn:
         rows = conn.execute(READINGS_SQL, (equipment_type,)).fetchall()
         events = conn.execute(EVENTS_SQL, (equipment_type,)).fetchall()
-    by_eq: dict[str, list[tuple[datetime, dict]]] = defaultdict(list)
-    for eid, ts, values in rows:
-        by_eq[eid].append((ts, values))
+    by_eq: dict[str, list[tuple[datetime, dict, dict]]] = defaultdict(list)
+    for eid, ts, values, setting_values in rows:
+        by_eq[eid].append((ts, values, setting_values or {}))
     ev_by_eq: dict[str, list[tuple[datetime, str]]] = defaultdict(list)
     for eid, ts, kind in events:
         ev_by_eq[eid].append((ts, kind))
@@ -55,24 +60,32 @@ def load_units(
             segment = readings[start:end]
             start = end
             if kind == "failure" and segment:
-                units.append(_unit(f"{eid}#{n}", segment, event_ts, sensors, rul_unit))
+                units.append(_unit(f"{eid}#{n}", segment, event_ts, sensors, settings, rul_unit))
     return units
 
 
-def _unit(unit_id, segment, failure_ts, sensors, rul_unit) -> UnitHistory:
-    x = np.full((len(segment), len(sensors)), np.nan)
-    for i, (_ts, values) in enumerate(segment):
-        for j, name in enumerate(sensors):
+def _unit(unit_id, segment, failure_ts, sensors, settings, rul_unit) -> UnitHistory:
+    x = _matrix([values for _, values, _ in segment], sensors)
+    op = _matrix([values for _, _, values in segment], settings) if settings else None
+    if rul_unit == "hours":
+        rul = np.array([(failure_ts - ts).total_seconds() / 3600.0 for ts, _, _ in segment])
+    else:  # cycles: readings left; the reading at the failure has RUL 0
+        rul = np.arange(len(segment) - 1, -1, -1, dtype=float)
+    return UnitHistory(unit_id, x, rul, op)
+
+
+def _matrix(rows: list[dict], names: Sequence[str]) -> np.ndarray:
+    """Rows of name -> value as a matrix; a missing value keeps the previous one (as the
+    stream does), NaN until first seen."""
+    x = np.full((len(rows), len(names)), np.nan)
+    for i, values in enumerate(rows):
+        for j, name in enumerate(names):
             v = values.get(name)
             if v is not None:
                 x[i, j] = v
             elif i:
-                x[i, j] = x[i - 1, j]  # forward fill, as the stream does
-    if rul_unit == "hours":
-        rul = np.array([(failure_ts - ts).total_seconds() / 3600.0 for ts, _ in segment])
-    else:  # cycles: readings left; the reading at the failure has RUL 0
-        rul = np.arange(len(segment) - 1, -1, -1, dtype=float)
-    return UnitHistory(unit_id, x, rul)
+                x[i, j] = x[i - 1, j]
+    return x
 
 
 def record_events(dsn: str, events: Sequence[tuple[str, int, str]]) -> int:

@@ -47,6 +47,9 @@ class FeatureSettings(_Section):
     windows: tuple[int, ...] = (10, 30, 60)
     fft_enabled: bool = True
     fft_bands: int = Field(4, ge=1)
+    operating_history: bool | None = Field(
+        None, description="age / time-per-condition features; None: as the model was trained"
+    )
 
 
 class AnomalySettings(_Section):

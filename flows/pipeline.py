@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import pickle
-from typing import Any
+from typing import Any, TypeGuard, cast
 
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow, Stream
@@ -30,6 +30,7 @@ from flows.steps import (
     drift_sample,
     predict_items,
 )
+from models.equipment_state import Scored
 from models.parsing import parse_reading
 from models.schemas import Alert, DeadLetter, Reading
 
@@ -121,14 +122,14 @@ def build_flow(
         raw, source_errors = build_source(flow, settings)
 
     parsed = op.map("parse_reading", raw, parse)
-    valid = op.branch("split_valid", parsed, lambda x: isinstance(x, Reading))
+    valid = op.branch("split_valid", parsed, _is_reading)
     keyed = op.key_on("key_on_equipment", valid.trues, lambda r: r.equipment_id)
 
     def equipment_builder(resume: bytes | None) -> EquipmentLogic:
         return EquipmentLogic(runtime, pickle.loads(resume) if resume else None)
 
     state_out = op.stateful_batch("equipment_state", keyed, equipment_builder)
-    scored = op.branch("split_late", state_out, lambda kv: not isinstance(kv[1], DeadLetter))
+    scored = op.branch("split_late", state_out, _is_scored)
     predictions = op.flat_map_batch(
         "predict_rul", scored.trues, lambda items: predict_items(runtime, items)
     )
@@ -151,13 +152,14 @@ def build_flow(
     dead = op.merge(
         "dead_letters",
         valid.falses,
-        op.map("late_letters", scored.falses, lambda kv: kv[1]),
+        op.map("late_letters", scored.falses, lambda kv: cast(DeadLetter, kv[1])),
         source_errors,
     )
 
     has_service_output = _service_outputs(
-        settings, valid.trues, predictions, alerts, dead, drift_evaluations
-    )
+        settings, valid.trues, predictions, alerts, cast(Stream[DeadLetter], dead),
+        drift_evaluations,
+    )  # fmt: skip
     embedded = output if output is not None else _embedded_output(settings)
     if embedded is None and not has_service_output:
         embedded = DiscardSink()  # PM_OUTPUT=none and no services: still a valid dataflow
@@ -239,6 +241,14 @@ def _service_outputs(
     return bool(database_url or redis_url or urls) or bool(
         kafka_out or (kafka_out is None and settings.source == "kafka")
     )
+
+
+def _is_reading(x: Reading | DeadLetter) -> TypeGuard[Reading]:
+    return isinstance(x, Reading)
+
+
+def _is_scored(kv: tuple[str, Scored | DeadLetter]) -> TypeGuard[tuple[str, Scored]]:
+    return isinstance(kv[1], Scored)
 
 
 def _key(item: Any) -> str:

@@ -44,22 +44,25 @@ class Runtime:
         holder = None
         if settings.model.lower() != NO_MODEL:
             f = settings.features
-            sensors_in_use: dict[str, tuple[str, ...]] = {}
+            configs_in_use: dict[str, Any] = {}
 
             def check(bundle: Any) -> None:
                 for etype, model in bundle.models.items():
-                    check_features(model.meta, f.windows, f.fft_enabled, f.fft_bands)
-                    known = sensors_in_use.get(etype)
-                    if known is not None and known != model.meta.sensors:
+                    check_features(
+                        model.meta, f.windows, f.fft_enabled, f.fft_bands, f.operating_history
+                    )
+                    known = configs_in_use.get(etype)
+                    if known is not None and known != model.meta.feature_config:
                         raise ValueError(
-                            f"new model for {etype} uses sensors {model.meta.sensors}, the "
-                            f"running flow windows {known}; restart the flow to change sensors"
+                            f"new model for {etype} needs another feature layout (sensors, "
+                            "windows or condition normaliser) than the running flow keeps in "
+                            "its per-equipment state; restart the flow to switch to it"
                         )
 
             def on_swap(bundle: Any) -> None:
                 metrics.MODEL_INFO.clear()
                 for etype, model in bundle.models.items():
-                    sensors_in_use.setdefault(etype, model.meta.sensors)
+                    configs_in_use.setdefault(etype, model.meta.feature_config)
                     metrics.MODEL_INFO.labels(etype, model.meta.model_name, bundle.version).set(1)
 
             holder = ModelHolder(

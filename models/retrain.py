@@ -33,9 +33,26 @@ from models.train import TrainParams, feature_config, progress, train_type
 REGISTRY_URI = "models:/predictive_maintenance_model@production"
 
 
-def score(model: RulModel, units: Sequence[UnitHistory], cap: float, seed: int) -> dict[str, float]:
+def for_model(model: RulModel, units: Sequence[UnitHistory], etype: str) -> list[UnitHistory]:
+    """Units with the model's sensors (and its normaliser's settings) in the model's order;
+    ``units`` hold the catalog's sensors and settings."""
+    catalog = EQUIPMENT_TYPES[etype]
+    cols = [catalog.sensors.index(name) for name in model.meta.sensors]
+    norm = model.meta.conditions
+    out = []
+    for u in units:
+        settings = u.settings
+        if norm is not None and settings is not None:
+            settings = settings[:, [catalog.settings.index(n) for n in norm.settings]]
+        out.append(UnitHistory(u.unit_id, u.sensors[:, cols], u.rul, settings))
+    return out
+
+
+def score(
+    model: RulModel, units: Sequence[UnitHistory], etype: str, cap: float, seed: int
+) -> dict[str, float]:
     """Truncation-protocol scores of an ONNX model on held-out units."""
-    feats = featurize(units, model.meta.feature_config)
+    feats = featurize(for_model(model, units, etype), model.meta.feature_config)
     x, y, idx = truncation_rows(feats, cap, np.random.default_rng(seed), draws=5)
     pred, _, _ = model.predict(x)
     first = np.r_[True, idx[1:] != idx[:-1]]
@@ -95,13 +112,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     etype = EQUIPMENT_TYPES[args.equipment_type]
     windows = tuple(int(w) for w in args.windows.split(","))
     cfg = feature_config(args.equipment_type, windows, True, 4)
-    units = load_units(args.database_url, args.equipment_type, cfg.sensors, etype.rul_unit)
+    units = load_units(
+        args.database_url, args.equipment_type, etype.sensors, etype.rul_unit, etype.settings
+    )
     progress(f"history: {len(units)} run-to-failure {args.equipment_type} units", t0)
     train, test = split_units(units, args.holdout, args.seed)
     params = TrainParams(rul_cap=args.rul_cap, folds=0, max_iter=args.max_iter, seed=args.seed)
     blob, train_metrics = train_type(args.equipment_type, train, cfg, params, t0)
     challenger = RulModel(blob, "challenger")
-    challenger_scores = score(challenger, test, args.rul_cap, args.seed)
+    challenger_scores = score(challenger, test, args.equipment_type, args.rul_cap, args.seed)
     progress(f"challenger: RMSE {challenger_scores['rmse']:.2f} on {len(test)} units", t0)
 
     try:
@@ -112,7 +131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         champion_bundle, champion = None, None
     champion_scores = None
     if champion is not None and champion_bundle is not None:
-        champion_scores = score(champion, test, args.rul_cap, args.seed)
+        champion_scores = score(champion, test, args.equipment_type, args.rul_cap, args.seed)
         progress(f"champion v{champion_bundle.version}: RMSE {champion_scores['rmse']:.2f}", t0)
     champion_rmse = champion_scores["rmse"] if champion_scores else None
     promote = decide(challenger_scores["rmse"], champion_rmse, args.margin)

@@ -51,6 +51,7 @@ class ModelMetadata:
     operating_history: bool = False
     band_offsets: tuple[float, float] = (0.0, 0.0)
     band_level: float = 0.0
+    drift_reference: str = ""  # JSON of models.drift.DriftReference over the training rows
 
     @property
     def feature_config(self) -> FeatureConfig:

@@ -41,6 +41,7 @@ from models.dataset import (
     truncation_rows,
     unit_folds,
 )
+from models.drift import DriftReference
 from models.equipment import EQUIPMENT_TYPES
 from models.features import FeatureConfig
 from models.onnx_export import as_float32_grid, export_onnx, parity, snap_thresholds
@@ -317,6 +318,7 @@ def train_type(
         operating_history=config.operating_history,
         band_offsets=offsets,
         band_level=p.band_level if "band_offset_lower" in metrics else 0.0,
+        drift_reference=DriftReference.from_training(x_all, config.names).to_json(),
     )
     blob = export_onnx(ests, len(config.names), meta)
     gap = parity(blob, ests, x_all[:2000])

@@ -105,3 +105,24 @@ def test_late_and_duplicate_readings_are_counted_not_scored(model_dir):
     assert len(preds) == len(base)
     assert len(dead) == 1 and dead[0].reason.startswith("late by"), dead
     assert dead[0].equipment_id == base[0]["equipment_id"]
+
+
+def test_feature_drift_raises_one_fleet_alert_naming_the_drifted_sensor(model_dir):
+    readings = [
+        r for r, _ in simulate(SimConfig(num_equipment=4, readings=300, seed=9,
+                                          healthy_fraction=1.0))
+    ]  # fmt: skip
+    for r in readings:
+        r["sensors"]["T50"] += 40.0  # far outside anything the model was trained on
+    settings = load_settings(
+        model=str(model_dir),
+        output="none",
+        drift={"min_count": 300, "every_s": 3600.0, "warning": 0.5},
+    )
+    _preds, alerts, _dead = run_flow(settings, records_from_dicts(readings))
+    drift = [a for a in alerts if a.rule == "feature_drift"]
+    assert [a.state for a in drift] == ["firing"], drift
+    alert = drift[0]
+    assert alert.equipment_id == "fleet:turbofan_engine" and alert.severity == "warning"
+    top = [f["feature"] for f in alert.evidence["top_features"]]
+    assert top and all(name.startswith("T50__") for name in top), top
