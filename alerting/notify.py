@@ -17,7 +17,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Protocol
 from urllib.parse import urlsplit
 
@@ -233,6 +233,9 @@ class MemoryDeduper:
             self._ids.pop(alert_id, None)
 
 
+SENT, DUPLICATE, FAILED = "sent", "duplicate", "failed"
+
+
 class AlertDispatcher:
     """Send each alert at most once per alert id (as far as the deduper remembers).
 
@@ -246,9 +249,14 @@ class AlertDispatcher:
 
     def dispatch(self, alerts: Iterable[Alert]) -> int:
         """Deliver the alerts whose id is new; return how many were delivered."""
-        sent = 0
+        return sum(result == SENT for _, result in self.dispatch_each(alerts))
+
+    def dispatch_each(self, alerts: Iterable[Alert]) -> Iterator[tuple[Alert, str]]:
+        """Deliver the alerts whose id is new, yielding each alert with its result:
+        ``sent``, ``duplicate`` (already sent) or ``failed`` (released for a retry)."""
         for alert in alerts:
             if not self.deduper.first_time(alert.alert_id):
+                yield alert, DUPLICATE
                 continue
             delivered = False
             try:
@@ -256,5 +264,4 @@ class AlertDispatcher:
             finally:
                 if not delivered:
                     self.deduper.release(alert.alert_id)
-            sent += delivered
-        return sent
+            yield alert, SENT if delivered else FAILED

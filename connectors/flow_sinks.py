@@ -22,7 +22,7 @@ from bytewax.outputs import (
     StatelessSinkPartition,
 )
 
-from alerting.notify import AppriseNotifier, Deduper, MemoryDeduper
+from alerting.notify import FAILED, AlertDispatcher, AppriseNotifier, Deduper, MemoryDeduper
 from connectors import metrics
 from connectors.postgres_sink import PostgresWriter
 from models.schemas import Alert, Prediction, Reading
@@ -134,25 +134,15 @@ class _NotifyPartition(StatelessSinkPartition[Alert]):
 
     MAX_RETRY_QUEUE = 1000
 
-    def __init__(self, notifier: AppriseNotifier, deduper: Deduper) -> None:
-        self.notifier = notifier
-        self.deduper = deduper
+    def __init__(self, dispatcher: AlertDispatcher) -> None:
+        self.dispatcher = dispatcher
         self.retry: list[Alert] = []
 
     def write_batch(self, items: list[Alert]) -> None:
         queue, self.retry = [*self.retry, *items], []
-        for alert in queue:
-            if not self.deduper.first_time(alert.alert_id):
-                metrics.ALERT_DELIVERIES.labels("duplicate").inc()
-                continue
-            delivered = False
-            try:
-                delivered = self.notifier.notify(alert)
-            finally:
-                if not delivered:
-                    self.deduper.release(alert.alert_id)
-            metrics.ALERT_DELIVERIES.labels("sent" if delivered else "failed").inc()
-            if not delivered:
+        for alert, result in self.dispatcher.dispatch_each(queue):
+            metrics.ALERT_DELIVERIES.labels(result).inc()
+            if result == FAILED:
                 self.retry.append(alert)
         if len(self.retry) > self.MAX_RETRY_QUEUE:
             dropped = self.retry[: -self.MAX_RETRY_QUEUE]
@@ -182,7 +172,8 @@ class AlertNotifySink(DynamicSink[Alert]):
             deduper = RedisDeduper(self.redis_url)
         else:
             deduper = MemoryDeduper()
-        return _NotifyPartition(AppriseNotifier(self.urls, timeout_s=self.timeout_s), deduper)
+        notifier = AppriseNotifier(self.urls, timeout_s=self.timeout_s)
+        return _NotifyPartition(AlertDispatcher(notifier, deduper))
 
 
 class _DriftStorePartition(StatelessSinkPartition[Any]):

@@ -22,7 +22,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import math
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -39,6 +38,8 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from models.parsing import MAX_PAYLOAD_ECHO, parse_reading
 from models.schemas import Alert, DeadLetter, Origin, Prediction, Reading
+from models.schemas import finite as _finite
+from models.schemas import json_default as _json_default
 
 logger = logging.getLogger(__name__)
 
@@ -172,23 +173,6 @@ def kafka_input(
 
 
 # --- message builders --------------------------------------------------------------------
-
-
-def _finite(obj: Any) -> Any:
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_finite(v) for v in obj]
-    return obj
-
-
-def _json_default(obj: Any) -> Any:
-    tolist = getattr(obj, "tolist", None)  # numpy scalars and arrays
-    if callable(tolist):
-        return _finite(tolist())
-    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
 _ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False, default=_json_default)

@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import math
 import random
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -34,6 +33,8 @@ from psycopg import sql
 from psycopg.types.json import set_json_dumps
 
 from models.schemas import Alert, Prediction, Reading
+from models.schemas import finite as _finite
+from models.schemas import json_default as _json_default
 
 FeatureRow = tuple[str, int, str, np.ndarray]
 """(equipment_id, ts_ms, feature_set, features) as given to ``add_features``."""
@@ -83,24 +84,8 @@ def dumps_json(obj: Any) -> str:
         return _ENCODER.encode(_finite(obj))
 
 
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, np.generic | np.ndarray):
-        return _finite(obj.tolist())
-    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
-
-
 # One encoder for all calls (json.dumps with options builds a new one per call: ~20% slower).
 _ENCODER = json.JSONEncoder(allow_nan=False, default=_json_default)
-
-
-def _finite(obj: Any) -> Any:
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_finite(v) for v in obj]
-    return obj
 
 
 # One staging table per target: (DDL of the TEMP table, COPY types, INSERT ... SELECT).

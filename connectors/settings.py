@@ -21,6 +21,8 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from alerting.rules import Thresholds
+
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 
 
@@ -61,19 +63,22 @@ class AnomalySettings(_Section):
     seed: int = 0
 
 
+_T = Thresholds()  # the alert rules own the defaults
+
+
 class AlertSettings(_Section):
     """Alert thresholds (see alerting.rules.Thresholds for their meaning)."""
 
-    rul_warning_hours: float = 72.0
-    rul_critical_hours: float = 24.0
-    health_warning: float = 0.7
-    health_critical: float = 0.4
-    anomaly_warning: float = 0.9999
-    anomaly_critical: float = 0.99999
-    hysteresis: float = 0.1
-    cooldown_s: float = 21600.0
-    anomaly_min_consecutive: int = 1
-    use_rul_lower_bound: bool = False
+    rul_warning_hours: float = _T.rul_warning_hours
+    rul_critical_hours: float = _T.rul_critical_hours
+    health_warning: float = _T.health_warning
+    health_critical: float = _T.health_critical
+    anomaly_warning: float = _T.anomaly_warning
+    anomaly_critical: float = _T.anomaly_critical
+    hysteresis: float = _T.hysteresis
+    cooldown_s: float = _T.cooldown_s
+    anomaly_min_consecutive: int = _T.anomaly_min_consecutive
+    use_rul_lower_bound: bool = _T.use_rul_lower_bound
 
 
 class DriftSettings(_Section):

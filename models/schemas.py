@@ -7,6 +7,7 @@ ISO-8601 UTC strings (``"2026-11-27T09:00:00.000Z"``) on the wire.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -158,6 +159,29 @@ class Alert:
             "evidence": self.evidence,
             "schema_version": SCHEMA_VERSION,
         }
+
+
+def finite(obj: Any) -> Any:
+    """``obj`` with every NaN or infinite float replaced by None (valid JSON everywhere).
+
+    >>> finite({"a": float("nan"), "b": [1.0, float("inf")]})
+    {'a': None, 'b': [1.0, None]}
+    """
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [finite(v) for v in obj]
+    return obj
+
+
+def json_default(obj: Any) -> Any:
+    """``json`` fallback for numpy scalars and arrays."""
+    tolist = getattr(obj, "tolist", None)
+    if callable(tolist):
+        return finite(tolist())
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
 def _round(x: float | None, nd: int = 3) -> float | None:
