@@ -72,6 +72,7 @@ class _ConsolePartition(StatefulSinkPartition[OutItem, None]):
         self.out, self.err = out, err
         self.rows: dict[str, _Row] = {}
         self.dead = 0
+        self.fleet_alerts = 0
         self.predictions = 0
         self.alerts = 0
         self.progress_s = progress_s
@@ -113,8 +114,10 @@ class _ConsolePartition(StatefulSinkPartition[OutItem, None]):
     def _alert(self, a: Alert) -> None:
         self.alerts += 1
         if a.state != "resolved":
-            row = self.rows.setdefault(a.equipment_id, _Row(""))
-            row.alerts += 1
+            if a.equipment_id.startswith("fleet:"):  # fleet-level (drift): not a machine
+                self.fleet_alerts += 1
+            else:
+                self.rows.setdefault(a.equipment_id, _Row("")).alerts += 1
         print(
             f"ALERT {ms_to_iso(a.ts_ms)} [{a.severity.upper()} {a.state}] {a.message}",
             file=self.out,
@@ -126,6 +129,8 @@ class _ConsolePartition(StatefulSinkPartition[OutItem, None]):
 
     def close(self) -> None:
         print("\n" + fleet_table(self.rows), file=self.out, flush=True)
+        if self.fleet_alerts:
+            print(f"{self.fleet_alerts} fleet-level alerts (feature drift)", file=self.out)
         if self.dead:
             print(f"{self.dead} dead letters", file=self.out, flush=True)
 
