@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import pickle
+import sys
 from typing import Any, TypeGuard, cast
 
 import bytewax.operators as op
@@ -267,7 +268,16 @@ def _embedded_output(settings: Settings) -> Sink[Any] | None:
 def main_flow() -> Dataflow:
     """The flow ``python -m bytewax.run flows.main`` runs: settings from the environment."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    settings = load_settings()
-    if settings.metrics_port:
-        metrics.serve(settings.metrics_port)
-    return build_flow(settings)
+    from pydantic import ValidationError
+
+    from connectors.model_store import ModelLoadError
+    from models.rul import ModelMismatchError
+
+    try:
+        settings = load_settings()
+        if settings.metrics_port:
+            metrics.serve(settings.metrics_port)
+        return build_flow(settings)
+    except (ValidationError, ModelLoadError, ModelMismatchError, FileNotFoundError) as exc:
+        print(f"flows.main: cannot start: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
