@@ -60,6 +60,7 @@ class AnomalySettings(_Section):
     window_size: int = Field(50, ge=2)
     warmup: int = Field(60, ge=2)
     calibration_size: int = Field(500, ge=10)
+    hst_weight: float = Field(0.7, ge=0.0, description="River Half-Space Trees channel; 0: off")
     seed: int = 0
 
 

@@ -111,6 +111,7 @@ class Runtime:
             window_size=a.window_size,
             warmup=a.warmup,
             calibration_size=a.calibration_size,
+            hst_weight=a.hst_weight,
             seed=a.seed,
         )
         return EquipmentState(

@@ -468,9 +468,10 @@ class AnomalyDetector:
     100 readings); ``scale_alpha`` / ``slow_scale_alpha``: of their robust scales;
     ``shift_persist``: readings a settled deviation is flagged before it becomes the new
     normal; ``tail_quantiles`` and ``exclude_p``: see :class:`TailCalibrator`.
-    ``n_trees``, ``height``, ``window_size``, ``z_clip``: the optional Half-Space Trees
-    channel, weighted by ``hst_weight`` (0: off). ``seed`` seeds the trees and the randomised
-    tie-breaking of the calibration.
+    ``n_trees``, ``height``, ``window_size``, ``z_clip``: River's Half-Space Trees, learning
+    online from the top residuals of every reading (multi-sensor patterns the per-sensor
+    maximum can miss), weighted by ``hst_weight`` (0: off, about half the cost). ``seed``
+    seeds the trees and the randomised tie-breaking of the calibration.
 
     >>> det = AnomalyDetector(window_size=20, warmup=20, seed=1)
     >>> normal = [det.score_learn({"x": 1.0 + 0.01 * (i % 7)}) for i in range(200)]
@@ -496,7 +497,7 @@ class AnomalyDetector:
         shift_persist: int = 20,
         tail_quantiles: tuple[float, float, float] = (0.75, 0.9, 0.975),
         exclude_p: float = 0.01,
-        hst_weight: float = 0.0,
+        hst_weight: float = 0.7,
     ) -> None:
         if warmup < window_size:
             raise ValueError(f"warmup ({warmup}) must be >= window_size ({window_size})")

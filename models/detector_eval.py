@@ -165,6 +165,7 @@ def default_scorers(seed: int = 0, oracle: bool = False) -> dict[str, ScorerFact
     """The new detector, the previous one, a null detector (and optionally an oracle)."""
     scorers = {
         "new": state_scorer(lambda: AnomalyDetector(seed=seed)),
+        "new-no-trees": state_scorer(lambda: AnomalyDetector(seed=seed, hst_weight=0.0)),
         "baseline": state_scorer(lambda: BaselineDetector(seed=seed)),
         "null": null_scorer(seed),
     }
@@ -178,6 +179,7 @@ def default_specs(oracle: bool = False) -> list[DetectorSpec]:
     rule and with the default rule (so the rule's share of any change is visible)."""
     specs = [
         DetectorSpec("new", "new"),
+        DetectorSpec("new-no-trees", "new-no-trees"),
         DetectorSpec("baseline", "baseline", STOCK_RULE),
         DetectorSpec("baseline+rule", "baseline"),
         DetectorSpec("null", "null"),

@@ -130,7 +130,14 @@ def test_cli_prints_the_table(capsys: pytest.CaptureFixture[str]) -> None:
     assert de.main([*argv, "--oracle"]) == 0
     out = capsys.readouterr().out
     rows = [line.split() for line in out.splitlines() if line.startswith(("spike", "all"))]
-    assert [r[1] for r in rows[:5]] == ["new", "baseline", "baseline+rule", "null", "oracle"]
+    assert [r[1] for r in rows[:6]] == [
+        "new",
+        "new-no-trees",
+        "baseline",
+        "baseline+rule",
+        "null",
+        "oracle",
+    ]
     assert "reproduce: python -m models.detector_eval" in out
     assert de.main(["--kinds", "melt"]) == 2
     assert de.main(["--settle", "5000"]) == 2
