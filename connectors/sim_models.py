@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from models.equipment import EQUIPMENT_TYPES
+
 HEALTHY_LIFE_FACTOR = 50
 """A healthy unit's true life is this many times a normal life, so it never nears failure."""
 
@@ -147,11 +149,8 @@ class _Turbofan(EquipmentModel):
 # fmt: off
 TURBOFAN = _Turbofan(
     name="turbofan_engine",
-    sensors=(
-        "T2", "T24", "T30", "T50", "P2", "P15", "P30", "Nf", "Nc", "epr", "Ps30",
-        "phi", "NRf", "NRc", "BPR", "farB", "htBleed", "Nf_dmd", "PCNfR_dmd", "W31", "W32",
-    ),
-    settings=("op_setting_1", "op_setting_2", "op_setting_3"),
+    sensors=EQUIPMENT_TYPES["turbofan_engine"].sensors,
+    settings=EQUIPMENT_TYPES["turbofan_engine"].settings,
     rul_unit="cycles",
     period_s=3600.0,
     hours_per_reading=1.0,
@@ -228,15 +227,8 @@ class _Pump(EquipmentModel):
 
 PUMP = _Pump(
     name="pump",
-    sensors=(
-        "flow_m3h",
-        "suction_pressure_bar",
-        "discharge_pressure_bar",
-        "motor_current_a",
-        "bearing_temp_c",
-        "vibration",
-    ),
-    settings=("speed_rpm",),
+    sensors=EQUIPMENT_TYPES["pump"].sensors,
+    settings=EQUIPMENT_TYPES["pump"].settings,
     rul_unit="hours",
     period_s=PUMP_READING_S,
     hours_per_reading=PUMP_READING_S / 3600.0,
