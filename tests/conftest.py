@@ -5,6 +5,8 @@ PM_TEST_KAFKA_BROKERS, PM_TEST_DATABASE_URL and PM_TEST_REDIS_URL; with PM_REQUI
 from __future__ import annotations
 
 import os
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -26,6 +28,32 @@ def _no_pm_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in list(os.environ):
         if name.startswith("PM_") and not name.startswith(("PM_TEST_", "PM_REQUIRE", "PM_BENCH")):
             monkeypatch.delenv(name)
+
+
+@pytest.fixture(scope="module")
+def admin_url() -> str:
+    """The PostgreSQL the services script started (a role that may CREATE DATABASE)."""
+    url = os.environ.get("PM_TEST_DATABASE_URL")
+    if not url:
+        pytest.skip("PM_TEST_DATABASE_URL is not set: no PostgreSQL server to test against")
+    return url
+
+
+@pytest.fixture
+def fresh_db(admin_url: str) -> Iterator[str]:
+    """DSN of a new, empty database (dropped after the test)."""
+    import psycopg
+    from psycopg import sql
+    from psycopg.conninfo import make_conninfo
+
+    name = f"pm_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        yield make_conninfo(admin_url, dbname=name)
+    finally:
+        with psycopg.connect(admin_url, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
 @pytest.fixture(scope="session")

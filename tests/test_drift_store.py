@@ -7,16 +7,11 @@ database, dropped afterwards.
 
 from __future__ import annotations
 
-import os
-import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import psycopg
 import pytest
-from psycopg import sql
-from psycopg.conninfo import make_conninfo
 
 from connectors.drift_store import read_drift, write_drift
 from connectors.migrate import apply_migrations, migration_files, storage_path
@@ -28,27 +23,11 @@ T0 = 1_795_000_000_000  # 2026-11-18T11:06:40Z
 NAMES = ["T24__mean_30", "T30__std_10", "P15__last_60", "Nf__slope_30"]
 
 
-@pytest.fixture(scope="module")
-def admin_url() -> str:
-    url = os.environ.get("PM_TEST_DATABASE_URL")
-    if not url:
-        pytest.skip("PM_TEST_DATABASE_URL is not set: no PostgreSQL server to test against")
-    return url
-
-
 @pytest.fixture
-def db(admin_url: str) -> Iterator[str]:
+def db(fresh_db: str) -> str:
     """DSN of a new database with the migrations applied (dropped after the test)."""
-    name = f"pm_test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    dsn = make_conninfo(admin_url, dbname=name)
-    try:
-        apply_migrations(dsn)
-        yield dsn
-    finally:
-        with psycopg.connect(admin_url, autocommit=True) as conn:
-            conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
+    apply_migrations(fresh_db)
+    return fresh_db
 
 
 def query(dsn: str, text: str, params: Any = None) -> list[tuple[Any, ...]]:

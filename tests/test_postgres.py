@@ -10,14 +10,12 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import psycopg
 import pytest
 from psycopg import sql
-from psycopg.conninfo import make_conninfo
 
 from connectors.migrate import (
     apply_migrations,
@@ -31,27 +29,6 @@ from models.schemas import Alert, Prediction, Reading
 integration = pytest.mark.integration
 
 T0 = 1_795_000_000_000  # 2026-11-18T11:06:40Z
-
-
-@pytest.fixture(scope="module")
-def admin_url() -> str:
-    url = os.environ.get("PM_TEST_DATABASE_URL")
-    if not url:
-        pytest.skip("PM_TEST_DATABASE_URL is not set: no PostgreSQL server to test against")
-    return url
-
-
-@pytest.fixture
-def fresh_db(admin_url: str) -> Iterator[str]:
-    """DSN of a new, empty database (dropped after the test)."""
-    name = f"pm_test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    try:
-        yield make_conninfo(admin_url, dbname=name)
-    finally:
-        with psycopg.connect(admin_url, autocommit=True) as conn:
-            conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
 @pytest.fixture
