@@ -52,8 +52,11 @@ def parse(record: RawRecord) -> Reading | DeadLetter:
     return result
 
 
-def build_source(flow: Dataflow, settings: Settings) -> tuple[Stream[Any], Stream[DeadLetter]]:
-    """The configured input as a stream of raw records, plus source-level dead letters."""
+def build_source(
+    flow: Dataflow, settings: Settings
+) -> tuple[Stream[Any], Stream[DeadLetter] | None]:
+    """The configured input as a stream of raw records, plus source-level dead letters
+    (consumer errors; only Kafka has them)."""
     kind, _, arg = settings.source.partition(":")
     if kind == "kafka":
         from connectors.kafka_io import ensure_topics, kafka_input
@@ -98,13 +101,7 @@ def build_source(flow: Dataflow, settings: Settings) -> tuple[Stream[Any], Strea
         source = sources.cmapss_source(arg)
     else:
         source = sources.jsonl_source(arg)
-    return op.input("source", flow, source), _empty(flow)
-
-
-def _empty(flow: Dataflow) -> Stream[DeadLetter]:
-    from bytewax.testing import TestingSource
-
-    return op.input("no_source_errors", flow, TestingSource([]))
+    return op.input("source", flow, source), None
 
 
 def build_flow(
@@ -118,7 +115,7 @@ def build_flow(
     runtime = Runtime.from_settings(settings)
     flow = Dataflow("predictive_maintenance")
     if source is not None:
-        raw, source_errors = op.input("source", flow, source), _empty(flow)
+        raw, source_errors = op.input("source", flow, source), None
     else:
         raw, source_errors = build_source(flow, settings)
 
@@ -154,7 +151,7 @@ def build_flow(
         "dead_letters",
         valid.falses,
         op.map("late_letters", scored.falses, lambda kv: cast(DeadLetter, kv[1])),
-        source_errors,
+        *([source_errors] if source_errors is not None else []),
     )
 
     has_service_output = _service_outputs(

@@ -4,6 +4,7 @@ Bytewax's deep copy), and the per-process runtime (settings, model holder)."""
 
 from __future__ import annotations
 
+import json
 import pickle
 import time
 from dataclasses import dataclass, field
@@ -163,7 +164,7 @@ def _late_letter(rejected: Rejected) -> DeadLetter:
     r = rejected.reading
     return DeadLetter(
         reason=rejected.reason,
-        payload=str(r.to_json_dict()),
+        payload=json.dumps(r.to_json_dict()),  # the reading as it arrived, re-encoded
         origin=Origin("equipment_state"),
         equipment_id=r.equipment_id,
         ts_ms=r.ts_ms,

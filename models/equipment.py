@@ -23,10 +23,6 @@ class EquipmentType:
     hours_per_reading: float
     vibration_sensors: tuple[str, ...] = ()
 
-    def rul_to_hours(self, rul: float) -> float:
-        """Convert a RUL in this type's unit to hours."""
-        return rul if self.rul_unit == "hours" else rul * self.hours_per_reading
-
 
 CMAPSS_SENSORS = (
     "T2", "T24", "T30", "T50", "P2", "P15", "P30", "Nf", "Nc", "epr", "Ps30",

@@ -105,6 +105,7 @@ def test_late_and_duplicate_readings_are_counted_not_scored(model_dir):
     assert len(preds) == len(base)
     assert len(dead) == 1 and dead[0].reason.startswith("late by"), dead
     assert dead[0].equipment_id == base[0]["equipment_id"]
+    assert json.loads(dead[0].payload)["ts"] == late["ts"]  # the late reading, as JSON
 
 
 def test_feature_drift_raises_one_fleet_alert_naming_the_drifted_sensor(model_dir):
