@@ -235,6 +235,11 @@ def alert_message(a: Alert) -> OutMessage:
     )
 
 
+DLQ_MAX_VALUE_BYTES = 512 * 1024  # a dead letter's copy of the input, well under 1 MB
+DLQ_MAX_KEY_BYTES = 1024
+DLQ_MAX_REASON_CHARS = 1000
+
+
 def dead_letter_message(
     d: DeadLetter, source_topic: str | None = None, *, now_ms: int | None = None
 ) -> OutMessage:
@@ -244,27 +249,40 @@ def dead_letter_message(
     key is the original key. Headers: ``dlq.reason``, ``dlq.source.topic`` (default: from
     ``d.origin.source``), ``dlq.source.partition``, ``dlq.source.offset``, ``dlq.ts``
     (epoch ms, decimal, when the letter was written: ``now_ms`` or the wall clock) and
-    ``dlq.equipment_id`` when known.
+    ``dlq.equipment_id`` when known. A value over :data:`DLQ_MAX_VALUE_BYTES` (or a key
+    over :data:`DLQ_MAX_KEY_BYTES`) is cut to that size, with ``dlq.truncated`` (or
+    ``dlq.key_truncated``) holding the original size: the letter must be producible.
 
     >>> d = DeadLetter("invalid JSON", "{", origin_of("raw", 2, 9), raw=b"{", key=b"k")
     >>> key, value, headers = dead_letter_message(d, now_ms=5)
     >>> key, value, dict(headers)["dlq.source.topic"], dict(headers)["dlq.source.offset"]
     (b'k', b'{', b'raw', b'9')
+    >>> big = DeadLetter("too big", "", origin_of("raw", 0, 1), raw=b"x" * 2_000_000)
+    >>> _, value, headers = dead_letter_message(big, now_ms=5)
+    >>> len(value), dict(headers)["dlq.truncated"]
+    (524288, b'2000000')
     """
     if source_topic is None:
         source_topic = d.origin.source.removeprefix("kafka:")
     ts = now_ms if now_ms is not None else time.time_ns() // 1_000_000
     headers: Headers = [
-        ("dlq.reason", d.reason.encode("utf-8")),
+        ("dlq.reason", d.reason[:DLQ_MAX_REASON_CHARS].encode("utf-8", "backslashreplace")),
         ("dlq.source.topic", source_topic.encode("utf-8")),
         ("dlq.source.partition", d.origin.partition.encode("utf-8")),
         ("dlq.source.offset", str(d.origin.offset).encode("ascii")),
         ("dlq.ts", str(ts).encode("ascii")),
     ]
     if d.equipment_id is not None:
-        headers.append(("dlq.equipment_id", d.equipment_id.encode("utf-8")))
-    value = d.raw if d.raw is not None else d.payload.encode("utf-8")
-    return (d.key, value, headers)
+        headers.append(("dlq.equipment_id", d.equipment_id.encode("utf-8", "backslashreplace")))
+    value = d.raw if d.raw is not None else d.payload.encode("utf-8", "backslashreplace")
+    if len(value) > DLQ_MAX_VALUE_BYTES:
+        headers.append(("dlq.truncated", str(len(value)).encode("ascii")))
+        value = value[:DLQ_MAX_VALUE_BYTES]
+    key = d.key
+    if key is not None and len(key) > DLQ_MAX_KEY_BYTES:
+        headers.append(("dlq.key_truncated", str(len(key)).encode("ascii")))
+        key = key[:DLQ_MAX_KEY_BYTES]
+    return (key, value, headers)
 
 
 def _example_prediction() -> Prediction:
@@ -364,6 +382,8 @@ class KafkaProducerPartition(StatelessSinkPartition[OutMessage]):
         self.delivered = 0
         self.failed = 0
         self.buffer_full_waits = 0  # how often produce() met a full queue and waited
+        self.truncated = 0  # messages over the size limit, sent cut to fit
+        self.max_message_bytes = int(config.get("message.max.bytes", 1_000_000))
         # The first delivery failure (partition, key and librdkafka's error).
         self.first_error: str | None = None
         self.broken = False  # a write_batch raised: every later call raises too
@@ -415,7 +435,10 @@ class KafkaProducerPartition(StatelessSinkPartition[OutMessage]):
                     if self.first_error is not None:
                         break
                 except KafkaException as exc:
-                    raise self._fail(f"produce() refused a message ({exc})") from exc
+                    cut = self._truncated(exc, key, value, headers)
+                    if cut is None:
+                        raise self._fail(f"produce() refused a message ({exc})") from exc
+                    key, value, headers = cut
             if self.first_error is not None:
                 break  # the batch has failed: stop producing, raise below
             producer.poll(0)
@@ -430,6 +453,27 @@ class KafkaProducerPartition(StatelessSinkPartition[OutMessage]):
             raise self._fail(f"delivery failed ({self.failed} failed so far): {self.first_error}")
         if self.metrics is not None:
             self.metrics(self.name, len(items), time.perf_counter() - t0)
+
+    def _truncated(
+        self, exc: KafkaException, key: bytes | None, value: bytes | None, headers: Headers
+    ) -> OutMessage | None:
+        """A message too large for the producer, cut to fit with a ``pm.truncated`` header
+        (its original size) and a log line; None for any other error. One poison message
+        must not stop the flow (its replay after a restart would stop it again)."""
+        err = exc.args[0] if exc.args else None
+        if not isinstance(err, ConfluentKafkaError) or value is None:
+            return None
+        if err.code() != ConfluentKafkaError.MSG_SIZE_TOO_LARGE or any(
+            name == "pm.truncated" for name, _ in headers
+        ):
+            return None
+        overhead = len(key or b"") + sum(len(n) + len(v or b"") for n, v in headers) + 1024
+        room = max(0, self.max_message_bytes - overhead)
+        self.truncated += 1
+        logger.warning("kafka sink %s: a %d-byte message is over the %d-byte limit; "
+                       "sent truncated to %d bytes", self.label, len(value),
+                       self.max_message_bytes, room)  # fmt: skip
+        return key, value[:room], [*headers, ("pm.truncated", str(len(value)).encode("ascii"))]
 
     def close(self) -> None:
         """Flush what is left; log, never raise. Bytewax calls ``close`` from a destructor,

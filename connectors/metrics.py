@@ -20,6 +20,12 @@ ALERTS = Counter("pm_alerts_total", "Alert transitions emitted", ["rule", "sever
 ALERT_DELIVERIES = Counter(
     "pm_alert_deliveries_total", "Alert notifications", ["result"]
 )  # sent | failed | duplicate
+ALERT_DELIVERY_FAILURES = Counter(
+    "pm_alert_delivery_failures_total", "Alert delivery problems, by reason", ["reason"]
+)  # target (rejected, timeout, unreachable) | gave_up | store | redis | overflow
+ALERT_DELIVERY_INFLIGHT = Gauge("pm_alert_delivery_inflight", "Alert sends in progress")
+REDIS_UP = Gauge("pm_redis_up", "1 while the Redis client works, 0 during an outage", ["client"])
+REDIS_ERRORS = Counter("pm_redis_errors_total", "Failed Redis calls", ["client"])
 EVENT_LAG = Histogram(
     "pm_event_lag_seconds",
     "Wall clock minus event time when a prediction is emitted",
@@ -38,6 +44,14 @@ ANOMALY_SCORE = Histogram(
     buckets=(0.1, 0.5, 0.9, 0.95, 0.99, 1.0),
 )  # fmt: skip
 EQUIPMENT_ACTIVE = Gauge("pm_equipment_active", "Equipment with state in this process")
+IMPUTED_SENSORS = Counter(
+    "pm_imputed_sensors_total",
+    "Model sensors missing from a reading (last value carried forward)", ["equipment_type"],
+)  # fmt: skip
+STATE_REWARMS = Counter(
+    "pm_state_rewarms_total",
+    "Per-equipment states rebuilt on resume (feature layout changed)", ["equipment_type"],
+)  # fmt: skip
 FEATURE_DRIFT_MAX = Gauge(
     "pm_feature_drift_max", "Largest feature PSI against the training reference",
     ["equipment_type"],
@@ -62,6 +76,14 @@ def record_drift(equipment_type: str, max_psi: float, top: list, rows: float) ->
     for name, psi in top:
         FEATURE_DRIFT_PSI.labels(equipment_type, name).set(psi)
     _top_features[equipment_type] = names
+
+
+def type_label(equipment_type: str) -> str:
+    """The metric label of an equipment type: catalog types by name, every other one as
+    ``other`` (a flood of invented types must not create a flood of series)."""
+    from models.equipment import EQUIPMENT_TYPES
+
+    return equipment_type if equipment_type in EQUIPMENT_TYPES else "other"
 
 
 def serve(port: int) -> None:

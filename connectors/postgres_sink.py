@@ -122,7 +122,8 @@ _STAGES: dict[str, tuple[str, list[str], str]] = {
         (
             "equipment_id text, ts timestamptz, model_name text, model_version text,"
             " rul float8, rul_unit text, rul_hours float8, rul_lower float8, rul_upper float8,"
-            " health float8, anomaly_score float8, status text, top_sensors text[]"
+            " health float8, anomaly_score float8, status text, top_sensors text[],"
+            " imputed_sensors int2"
         ),
         [
             "text",
@@ -135,11 +136,12 @@ _STAGES: dict[str, tuple[str, list[str], str]] = {
             "float8",
             "float8",
         ]
-        + ["float8", "float8", "text", "text[]"],
+        + ["float8", "float8", "text", "text[]", "int2"],
         """INSERT INTO predictions (equipment_id, ts, model_name, model_version, rul, rul_unit,
-            rul_hours, rul_lower, rul_upper, health, anomaly_score, status, top_sensors)
+            rul_hours, rul_lower, rul_upper, health, anomaly_score, status, top_sensors,
+            imputed_sensors)
         SELECT equipment_id, ts, model_name, model_version, rul, rul_unit, rul_hours,
-            rul_lower, rul_upper, health, anomaly_score, status, top_sensors
+            rul_lower, rul_upper, health, anomaly_score, status, top_sensors, imputed_sensors
         FROM pm_stage_predictions
         ON CONFLICT DO NOTHING""",
     ),
@@ -412,6 +414,7 @@ class PostgresWriter:
                         p.anomaly_score,
                         p.status,
                         list(p.top_sensors),
+                        p.imputed_sensors,
                     )
                     for p in self._predictions
                 ],

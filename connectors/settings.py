@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -110,11 +110,65 @@ class KafkaSettings(_Section):
     )
 
 
+class InputLimits(_Section):
+    """What one reading may be; beyond these bounds it becomes a dead letter."""
+
+    max_message_bytes: int = Field(256 * 1024, ge=1024)
+    max_sensors: int = Field(512, ge=1, description="sensors (and settings) per reading")
+    max_abs_value: float = Field(1e12, gt=0, description="largest |sensor value| accepted")
+    max_future_skew_s: float | None = Field(
+        86400.0, ge=0, description="how far ahead of the wall clock ts may be; None: no bound"
+    )
+    max_past_skew_s: float | None = Field(
+        None, ge=0, description="how far behind the wall clock ts may be; None: no bound"
+    )
+    max_equipment_per_process: int = Field(
+        20_000, ge=1, description="machines with state in one process; new ids beyond it are "
+        "dead-lettered until idle ones expire",
+    )
+
+    def parse_limits(self) -> Any:
+        """The pure parser's :class:`~models.parsing.ParseLimits`."""
+        from models.parsing import MAX_ID_LEN, ParseLimits
+
+        ms = lambda s: None if s is None else round(s * 1000)  # noqa: E731
+        return ParseLimits(
+            max_bytes=self.max_message_bytes,
+            max_sensors=self.max_sensors,
+            max_name_len=MAX_ID_LEN,
+            max_abs_value=self.max_abs_value,
+            max_future_ms=ms(self.max_future_skew_s),
+            max_past_ms=ms(self.max_past_skew_s),
+        )
+
+
 class PostgresSettings(_Section):
     buffer_size: int = Field(1000, ge=1)
     write_interval_seconds: float = Field(10.0, gt=0)
     migrate_on_start: bool = True
     partitions: int = Field(2, ge=1, description="writers (connections) per flow")
+
+
+class AlertDeliverySettings(_Section):
+    """Alert delivery: bounded sends off the hot path, durable retries (see README)."""
+
+    timeout_s: float = Field(10.0, gt=0, description="Apprise connect and read timeout")
+    retry_interval_s: float = Field(5.0, gt=0, description="first retry; doubles per attempt")
+    max_backoff_s: float = Field(300.0, gt=0)
+    max_attempts: int = Field(20, ge=1, description="then the delivery is abandoned (logged)")
+    lease_s: float = Field(60.0, gt=0, description="an unconfirmed claim is retried after it")
+    poll_interval_s: float = Field(1.0, gt=0, description="how often due retries are looked up")
+    concurrency: int = Field(4, ge=1, description="sends in flight per process")
+    close_grace_s: float = Field(5.0, ge=0, description="at shutdown, time to finish sends")
+
+    @model_validator(mode="after")
+    def _lease_covers_a_send(self) -> AlertDeliverySettings:
+        if self.lease_s <= 2 * self.timeout_s:
+            raise ValueError(
+                f"alert_delivery.lease_s ({self.lease_s}) must exceed twice timeout_s "
+                f"({self.timeout_s}): a send still running must not be claimed again"
+            )
+        return self
 
 
 class Settings(BaseSettings):
@@ -147,6 +201,8 @@ class Settings(BaseSettings):
     drift: DriftSettings = DriftSettings()
     kafka: KafkaSettings = KafkaSettings()
     postgres: PostgresSettings = PostgresSettings()
+    alert_delivery: AlertDeliverySettings = AlertDeliverySettings()
+    limits: InputLimits = InputLimits()
 
     @field_validator("apprise_urls", mode="before")
     @classmethod

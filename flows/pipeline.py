@@ -32,16 +32,16 @@ from flows.steps import (
     predict_items,
 )
 from models.equipment_state import Scored
-from models.parsing import parse_reading
+from models.parsing import DEFAULT_LIMITS, ParseLimits, parse_reading
 from models.schemas import Alert, DeadLetter, Reading
 
 log = logging.getLogger(__name__)
 
 
-def parse(record: RawRecord) -> Reading | DeadLetter:
-    result = parse_reading(record.payload, record.origin)
+def parse(record: RawRecord, limits: ParseLimits = DEFAULT_LIMITS) -> Reading | DeadLetter:
+    result = parse_reading(record.payload, record.origin, limits)
     if isinstance(result, Reading):
-        metrics.READINGS.labels(result.equipment_type).inc()
+        metrics.READINGS.labels(metrics.type_label(result.equipment_type)).inc()
     else:
         metrics.DEAD_LETTERS.labels("parse").inc()
         if isinstance(record.payload, bytes):
@@ -119,12 +119,13 @@ def build_flow(
     else:
         raw, source_errors = build_source(flow, settings)
 
-    parsed = op.map("parse_reading", raw, parse)
+    limits = settings.limits.parse_limits()
+    parsed = op.map("parse_reading", raw, lambda record: parse(record, limits))
     valid = op.branch("split_valid", parsed, _is_reading)
     keyed = op.key_on("key_on_equipment", valid.trues, lambda r: r.equipment_id)
 
     def equipment_builder(resume: bytes | None) -> EquipmentLogic:
-        return EquipmentLogic(runtime, pickle.loads(resume) if resume else None)
+        return EquipmentLogic(runtime, _resume(resume, "equipment_state"))
 
     state_out = op.stateful_batch("equipment_state", keyed, equipment_builder)
     scored = op.branch("split_late", state_out, _is_scored)
@@ -133,7 +134,7 @@ def build_flow(
     )
 
     def alert_builder(resume: bytes | None) -> AlertLogic:
-        return AlertLogic(runtime.thresholds, pickle.loads(resume) if resume else None)
+        return AlertLogic(runtime.thresholds, _resume(resume, "evaluate_alerts"))
 
     alerts = op.stateful_batch("evaluate_alerts", predictions, alert_builder)
     drift_evaluations = None
@@ -141,7 +142,7 @@ def build_flow(
         samples = op.filter_map("drift_sample", scored.trues, lambda kv: drift_sample(runtime, kv))
 
         def drift_builder(resume: bytes | None) -> DriftLogic:
-            return DriftLogic(runtime, pickle.loads(resume) if resume else None)
+            return DriftLogic(runtime, _resume(resume, "feature_drift"))
 
         drift_out = op.stateful_batch("feature_drift", samples, drift_builder)
         drift_split = op.branch("split_drift", drift_out, lambda kv: isinstance(kv[1], Alert))
@@ -239,6 +240,20 @@ def _service_outputs(
     return bool(database_url or redis_url or urls) or bool(
         kafka_out or (kafka_out is None and settings.source == "kafka")
     )
+
+
+def _resume(snapshot: bytes | None, step: str) -> Any:
+    """A stateful step's state from its recovery snapshot; one that cannot be loaded (written
+    by an incompatible version) starts afresh with a log line instead of a crash loop."""
+    if not snapshot:
+        return None
+    try:
+        return pickle.loads(snapshot)
+    except Exception as exc:
+        metrics.STATE_REWARMS.labels("unreadable").inc()
+        log.warning("%s: a recovery snapshot could not be loaded (%s: %s); that key starts "
+                    "afresh", step, type(exc).__name__, str(exc)[:200])  # fmt: skip
+        return None
 
 
 def _is_reading(x: Reading | DeadLetter) -> TypeGuard[Reading]:

@@ -5,6 +5,7 @@ Bytewax's deep copy), and the per-process runtime (settings, model holder)."""
 from __future__ import annotations
 
 import json
+import logging
 import pickle
 import time
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from models.rul import RulModel, check_features
 from models.schemas import Alert, DeadLetter, Origin, Prediction, Reading
 
 NO_MODEL = "none"
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -37,6 +39,8 @@ class Runtime:
     thresholds: Thresholds
     holder: ModelHolder | None
     _drift_refs: dict[tuple[str, str], Any] = field(default_factory=dict)
+    active_equipment: int = 0  # machines with state in this process (all workers)
+    _rewarmed: dict[str, int] = field(default_factory=dict)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Runtime:
@@ -122,29 +126,88 @@ class Runtime:
             predict_every=self.settings.predict_every,
         )
 
+    def rewarm_reason(self, state: EquipmentState, reading: Reading) -> str | None:
+        """Why a state resumed from recovery cannot go on with the running model and
+        settings (another feature layout), or None when it can."""
+        want = self.feature_config(reading)
+        if state.config == want:
+            return None
+        old, new = state.config, want
+        return (
+            f"stored state has {len(old.sensors)} sensors, windows {old.windows}, "
+            f"normaliser {'yes' if old.conditions else 'no'}; the model/settings now need "
+            f"{len(new.sensors)} sensors, windows {new.windows}, "
+            f"normaliser {'yes' if new.conditions else 'no'}"
+        )
+
+    def note_rewarm(self, equipment_type: str, reason: str) -> None:
+        """Log a re-warm: the first per type with the reason, then every 1,000th."""
+        n = self._rewarmed.get(equipment_type, 0) + 1
+        self._rewarmed[equipment_type] = n
+        metrics.STATE_REWARMS.labels(metrics.type_label(equipment_type)).inc()
+        if n == 1 or n % 1000 == 0:
+            log.warning(
+                "re-warming %d %s machine(s) resumed from recovery: %s; their windows and "
+                "detectors start afresh", n, safe_text(equipment_type), reason,
+            )  # fmt: skip
+
+
+def safe_text(text: str, limit: int = 80) -> str:
+    """``text`` for a log line: control characters escaped, length bounded."""
+    out = text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
+    return out if len(out) <= limit else out[:limit] + "…"
+
 
 class EquipmentLogic(StatefulBatchLogic[Reading, Scored | DeadLetter, bytes]):
-    """Window, dedup and anomaly-score one equipment's readings; forget it when idle."""
+    """Window, dedup and anomaly-score one equipment's readings; forget it when idle.
+
+    A state resumed from recovery whose feature layout no longer matches the running model
+    (a new model, other windows) is rebuilt, with a log line, rather than fed wrong
+    features. Past ``max_equipment_per_process`` machines, a new id's readings are
+    dead-lettered (state stays bounded under a flood of invented ids)."""
 
     def __init__(self, runtime: Runtime, state: EquipmentState | None) -> None:
         self.runtime = runtime
         self.state = state
         self.idle_s = runtime.settings.idle_expiry_s
         self.last_active = time.time()
-        if state is None:
-            metrics.EQUIPMENT_ACTIVE.inc()
+        self._resumed = state is not None
+        self._admitted = False
 
     def on_batch(self, values: list[Reading]) -> tuple[list[Scored | DeadLetter], bool]:
+        rt = self.runtime
+        if not self._admitted:
+            limit = rt.settings.limits.max_equipment_per_process
+            if self.state is None and rt.active_equipment >= limit:
+                reason = (
+                    f"equipment limit reached: {rt.active_equipment} machines have state in "
+                    f"this process (limits.max_equipment_per_process = {limit})"
+                )
+                metrics.DEAD_LETTERS.labels("equipment_limit").inc(len(values))
+                return [_state_letter(r, reason) for r in values], StatefulBatchLogic.DISCARD
+            self._admitted = True
+            rt.active_equipment += 1
+            metrics.EQUIPMENT_ACTIVE.inc()
+        if self.state is not None and self._resumed:
+            self._resumed = False
+            reason = rt.rewarm_reason(self.state, values[0])
+            if reason is not None:
+                rt.note_rewarm(values[0].equipment_type, reason)
+                self.state = None
         if self.state is None:
-            self.state = self.runtime.new_equipment_state(values[0])
+            self.state = rt.new_equipment_state(values[0])
         out: list[Scored | DeadLetter] = []
         for reading in values:
             result = self.state.ingest(reading)
             if isinstance(result, Rejected):
                 metrics.DEAD_LETTERS.labels(result.kind).inc()
-                if result.kind == "late":
-                    out.append(_late_letter(result))
+                if result.kind != "duplicate":
+                    out.append(_state_letter(reading, result.reason))
                 continue
+            if result.imputed:
+                metrics.IMPUTED_SENSORS.labels(metrics.type_label(reading.equipment_type)).inc(
+                    result.imputed
+                )
             out.append(result)
         self.last_active = time.time()
         return out, StatefulBatchLogic.RETAIN
@@ -153,17 +216,19 @@ class EquipmentLogic(StatefulBatchLogic[Reading, Scored | DeadLetter, bytes]):
         return datetime.fromtimestamp(self.last_active + self.idle_s, tz=UTC)
 
     def on_notify(self) -> tuple[list[Any], bool]:
-        metrics.EQUIPMENT_ACTIVE.dec()
+        if self._admitted:
+            self.runtime.active_equipment -= 1
+            metrics.EQUIPMENT_ACTIVE.dec()
         return [], StatefulBatchLogic.DISCARD
 
     def snapshot(self) -> bytes:
         return pickle.dumps(self.state, protocol=pickle.HIGHEST_PROTOCOL)
 
 
-def _late_letter(rejected: Rejected) -> DeadLetter:
-    r = rejected.reading
+def _state_letter(r: Reading, reason: str) -> DeadLetter:
+    """A reading the state step refused (late, type changed, over the limit)."""
     return DeadLetter(
-        reason=rejected.reason,
+        reason=reason,
         payload=json.dumps(r.to_json_dict()),  # the reading as it arrived, re-encoded
         origin=Origin("equipment_state"),
         equipment_id=r.equipment_id,
@@ -203,8 +268,9 @@ def predict_items(
     )
     now = time.time()
     for p in preds:
-        metrics.PREDICTIONS.labels(p.equipment_type, p.status).inc()
-        metrics.ANOMALY_SCORE.labels(p.equipment_type).observe(p.anomaly_score)
+        label = metrics.type_label(p.equipment_type)
+        metrics.PREDICTIONS.labels(label, p.status).inc()
+        metrics.ANOMALY_SCORE.labels(label).observe(p.anomaly_score)
         metrics.EVENT_LAG.observe(max(0.0, now - p.ts_ms / 1000.0))
     return [(p.equipment_id, p) for p in preds]
 
@@ -251,7 +317,7 @@ class DriftLogic(StatefulBatchLogic[tuple[str, int, Any], Any, bytes]):
 def drift_sample(runtime: Runtime, kv: tuple[str, Scored]) -> tuple[str, tuple] | None:
     """The drift step's input, keyed by equipment type, for 1 reading in N."""
     s = kv[1]
-    if s.features is None:
+    if s.features is None or runtime.model_for(s.reading.equipment_type) is None:
         return None
     n = runtime.settings.drift.sample_every
     if n > 1 and (s.reading.ts_ms // 1000) % n:

@@ -33,11 +33,14 @@ class Scored:
     anomaly_score: float
     anomaly_level: float  # EWMA of anomaly_score: what health uses
     top_sensors: tuple[str, ...]
+    imputed: int = 0  # model sensors this reading lacked (their last value was carried)
+    complete: bool = True  # False while some model sensor has never been seen
 
 
 @dataclass(frozen=True, slots=True)
 class Rejected:
-    """A reading the state step would not use: ``kind`` is ``late`` or ``duplicate``."""
+    """A reading the state step would not use: ``kind`` is ``late``, ``duplicate`` or
+    ``type_changed`` (the id was first seen as another equipment type)."""
 
     reading: Reading
     kind: str
@@ -62,6 +65,8 @@ class EquipmentState:
     # class-level defaults keep states pickled before these existed loadable
     _settings: np.ndarray | None = None
     _counts: list[float] | None = None
+    equipment_type: str | None = None
+    _imputed = 0
 
     def __init__(
         self,
@@ -91,6 +96,15 @@ class EquipmentState:
     def ingest(self, reading: Reading) -> Scored | Rejected:
         """Take one reading: reject it if late or a duplicate, else window and score it."""
         ts = reading.ts_ms
+        if self.equipment_type is None:
+            self.equipment_type = reading.equipment_type
+        elif reading.equipment_type != self.equipment_type:
+            return Rejected(
+                reading,
+                "type_changed",
+                f"equipment type {reading.equipment_type!r} differs from {self.equipment_type!r}"
+                " that this id was first seen as",
+            )
         if ts in self._recent_set:
             return Rejected(reading, "duplicate", f"duplicate reading at {ms_to_iso(ts)}")
         if self.max_ts_ms is not None and ts < self.max_ts_ms - self.lateness_ms:
@@ -107,7 +121,15 @@ class EquipmentState:
         if self.detector.seen > self.detector.warmup:
             self.anomaly_level += ANOMALY_EWMA_ALPHA * (score - self.anomaly_level)
         due = (self.buffer.count - 1) % self.predict_every == 0
-        return Scored(reading, self.features() if due else None, score, self.anomaly_level, top)
+        return Scored(
+            reading,
+            self.features() if due else None,
+            score,
+            self.anomaly_level,
+            top,
+            imputed=self._imputed,
+            complete=bool(np.all(row == row)),  # NaN: a sensor never seen yet
+        )
 
     def window_row(self, reading: Reading) -> np.ndarray:
         """The reading as it enters the window: sensors in feature order (a missing one
@@ -149,11 +171,15 @@ class EquipmentState:
         """The reading as a vector in feature order; a missing sensor keeps its last value
         (NaN until first seen); extra sensors are ignored."""
         row = self._last_row.copy()
+        missing = 0
         for i, name in enumerate(self.config.sensors):
             value = sensors.get(name)
             if value is not None:
                 row[i] = value
+            else:
+                missing += 1
         self._last_row = row
+        self._imputed = missing
         return row
 
     def _score(self, row: np.ndarray) -> tuple[float, tuple[str, ...]]:

@@ -1,26 +1,57 @@
 """Turn raw input (bytes, text or an already-decoded dict) into a :class:`Reading` or a
-:class:`DeadLetter` that says what was wrong. Never raises for bad input."""
+:class:`DeadLetter` that says what was wrong. Never raises for bad input.
+
+Beyond JSON and types, a reading is refused when it could harm what comes after it:
+text that PostgreSQL cannot store (NUL) or UTF-8 cannot encode (lone surrogates), control
+characters in names (terminal escapes, newlines), oversized messages, huge values, and
+timestamps too far ahead of the wall clock (one reading dated 9999 would otherwise make
+every later reading of that machine "late"). :class:`ParseLimits` holds the bounds."""
 
 from __future__ import annotations
 
 import json
 import math
+import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
-from models.schemas import SCHEMA_VERSION, DeadLetter, Origin, Reading, iso_to_ms
+from models.schemas import SCHEMA_VERSION, DeadLetter, Origin, Reading, iso_to_ms, ms_to_iso
 
 MAX_ID_LEN = 128
 MAX_PAYLOAD_ECHO = 10_000  # dead letters keep at most this many characters of the payload
 MAX_TS_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z, the last instant ms_to_iso can print
 
 
+@dataclass(frozen=True, slots=True)
+class ParseLimits:
+    """Bounds on one reading; beyond them it is a dead letter.
+
+    ``max_future_ms`` / ``max_past_ms`` bound the timestamp against the wall clock
+    (``None``: no bound). The past is unbounded by default so history can be replayed."""
+
+    max_bytes: int = 256 * 1024
+    max_sensors: int = 512
+    max_name_len: int = MAX_ID_LEN
+    max_abs_value: float = 1e12
+    max_future_ms: int | None = 24 * 3600 * 1000
+    max_past_ms: int | None = None
+
+
+DEFAULT_LIMITS = ParseLimits()
+
+
 class _Invalid(ValueError):
     pass
 
 
-def parse_reading(payload: bytes | str | Mapping[str, Any], origin: Origin) -> Reading | DeadLetter:
-    """Validate one reading.
+def parse_reading(
+    payload: bytes | str | Mapping[str, Any],
+    origin: Origin,
+    limits: ParseLimits = DEFAULT_LIMITS,
+    now_ms: int | None = None,
+) -> Reading | DeadLetter:
+    """Validate one reading (``now_ms``: the wall clock for the timestamp bounds).
 
     >>> from models.schemas import Origin
     >>> o = Origin("test")
@@ -35,8 +66,8 @@ def parse_reading(payload: bytes | str | Mapping[str, Any], origin: Origin) -> R
     "sensors['x'] is not a finite number: nan"
     """
     try:
-        doc = _decode(payload)
-        return _validate(doc)
+        doc = _decode(payload, limits)
+        return _validate(doc, limits, now_ms)
     except _Invalid as exc:
         doc_id = None
         if isinstance(payload, Mapping):
@@ -45,13 +76,21 @@ def parse_reading(payload: bytes | str | Mapping[str, Any], origin: Origin) -> R
             reason=str(exc),
             payload=_echo(payload),
             origin=origin,
-            equipment_id=doc_id if isinstance(doc_id, str) else None,
+            equipment_id=doc_id if isinstance(doc_id, str) and _is_clean(doc_id) else None,
         )
 
 
-def _decode(payload: bytes | str | Mapping[str, Any]) -> Mapping[str, Any]:
+def _is_clean(text: str) -> bool:
+    """Printable and encodable: no NUL or other control characters, no lone surrogates."""
+    return text.isprintable()  # Cc (NUL, ESC, newline) and Cs (surrogates) are not
+
+
+def _decode(payload: bytes | str | Mapping[str, Any], limits: ParseLimits) -> Mapping[str, Any]:
     if isinstance(payload, Mapping):
         return payload
+    size = len(payload)
+    if size > limits.max_bytes:
+        raise _Invalid(f"message of {size} bytes is over the {limits.max_bytes}-byte limit")
     if isinstance(payload, bytes | bytearray | memoryview):
         try:
             payload = bytes(payload).decode("utf-8")
@@ -68,29 +107,49 @@ def _decode(payload: bytes | str | Mapping[str, Any]) -> Mapping[str, Any]:
     return doc
 
 
-def _validate(doc: Mapping[str, Any]) -> Reading:
+def _validate(doc: Mapping[str, Any], limits: ParseLimits, now_ms: int | None) -> Reading:
     version = doc.get("schema_version", SCHEMA_VERSION)
     if version != SCHEMA_VERSION:
-        raise _Invalid(f"unsupported schema_version {version!r} (expected {SCHEMA_VERSION})")
-    equipment_id = _text(doc, "equipment_id")
-    equipment_type = _text(doc, "equipment_type")
+        raise _Invalid(f"unsupported schema_version {version!r} (expected {SCHEMA_VERSION})"[:200])
+    equipment_id = _text(doc, "equipment_id", limits)
+    equipment_type = _text(doc, "equipment_type", limits)
     ts_ms = _timestamp(doc)
-    sensors = _numbers(doc, "sensors", required=True)
+    _check_clock(ts_ms, limits, now_ms)
+    sensors = _numbers(doc, "sensors", limits, required=True)
     if not sensors:
         raise _Invalid("sensors is empty")
-    settings = _numbers(doc, "settings", required=False)
+    settings = _numbers(doc, "settings", limits, required=False)
     return Reading(equipment_id, equipment_type, ts_ms, sensors, settings)
 
 
-def _text(doc: Mapping[str, Any], key: str) -> str:
+def _text(doc: Mapping[str, Any], key: str, limits: ParseLimits) -> str:
     if key not in doc:
         raise _Invalid(f"missing field {key!r}")
     value = doc[key]
     if not isinstance(value, str) or not value.strip():
         raise _Invalid(f"{key} must be a non-empty string, got {value!r}"[:200])
-    if len(value) > MAX_ID_LEN:
-        raise _Invalid(f"{key} longer than {MAX_ID_LEN} characters")
+    if len(value) > limits.max_name_len:
+        raise _Invalid(f"{key} longer than {limits.max_name_len} characters")
+    if not _is_clean(value):
+        raise _Invalid(f"{key} has control characters or invalid Unicode: {value!r}"[:200])
     return value
+
+
+def _check_clock(ts_ms: int, limits: ParseLimits, now_ms: int | None) -> None:
+    """Refuse a timestamp too far from the wall clock (it would poison event time)."""
+    if limits.max_future_ms is None and limits.max_past_ms is None:
+        return
+    now = time.time_ns() // 1_000_000 if now_ms is None else now_ms
+    if limits.max_future_ms is not None and ts_ms > now + limits.max_future_ms:
+        raise _Invalid(
+            f"ts {ms_to_iso(ts_ms)} is more than {limits.max_future_ms / 1000:.0f} s ahead "
+            f"of the wall clock ({ms_to_iso(now)})"
+        )
+    if limits.max_past_ms is not None and ts_ms < now - limits.max_past_ms:
+        raise _Invalid(
+            f"ts {ms_to_iso(ts_ms)} is more than {limits.max_past_ms / 1000:.0f} s behind "
+            f"the wall clock ({ms_to_iso(now)})"
+        )
 
 
 def _timestamp(doc: Mapping[str, Any]) -> int:
@@ -115,7 +174,9 @@ def _timestamp(doc: Mapping[str, Any]) -> int:
     raise _Invalid("missing field 'ts'")
 
 
-def _numbers(doc: Mapping[str, Any], key: str, *, required: bool) -> dict[str, float]:
+def _numbers(
+    doc: Mapping[str, Any], key: str, limits: ParseLimits, *, required: bool
+) -> dict[str, float]:
     if key not in doc or doc[key] is None:
         if required:
             raise _Invalid(f"missing field {key!r}")
@@ -123,8 +184,14 @@ def _numbers(doc: Mapping[str, Any], key: str, *, required: bool) -> dict[str, f
     raw = doc[key]
     if not isinstance(raw, dict):
         raise _Invalid(f"{key} must be an object of name -> number, got {type(raw).__name__}")
+    if len(raw) > limits.max_sensors:
+        raise _Invalid(f"{key} has {len(raw)} entries, over the limit of {limits.max_sensors}")
     out: dict[str, float] = {}
     for name, value in raw.items():
+        if not isinstance(name, str) or not name or len(name) > limits.max_name_len:
+            raise _Invalid(f"{key} name {name!r} is empty or too long"[:200])
+        if not _is_clean(name):
+            raise _Invalid(f"{key} name {name!r} has control characters or invalid Unicode"[:200])
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise _Invalid(f"{key}[{name!r}] is not a number: {value!r}"[:200])
         try:
@@ -132,7 +199,11 @@ def _numbers(doc: Mapping[str, Any], key: str, *, required: bool) -> dict[str, f
         except OverflowError:  # an integer beyond float range
             raise _Invalid(f"{key}[{name!r}] is not a finite number: too large") from None
         if not math.isfinite(f):
-            raise _Invalid(f"{key}[{name!r}] is not a finite number: {value!r}")
+            raise _Invalid(f"{key}[{name!r}] is not a finite number: {value!r}"[:200])
+        if abs(f) > limits.max_abs_value:
+            raise _Invalid(
+                f"{key}[{name!r}] = {f:g} is beyond the limit of ±{limits.max_abs_value:g}"[:200]
+            )
         out[name] = f
     return out
 

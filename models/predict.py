@@ -41,7 +41,10 @@ def predict_batch(
     """Predictions for every item that has features, one ONNX call per equipment type.
 
     Equipment without a model still gets a prediction: RUL unknown, health from the anomaly
-    score alone."""
+    score alone. So does equipment whose window still lacks a sensor the model needs (never
+    reported), or whose features do not have the model's width: a RUL from made-up inputs
+    would be a confident lie. ``imputed_sensors`` says how many of the model's sensors the
+    reading lacked."""
     by_type: dict[str, list[int]] = defaultdict(list)
     for i, s in enumerate(items):
         if s.features is not None:
@@ -49,10 +52,13 @@ def predict_batch(
     out: dict[int, Prediction] = {}
     for etype, idx in by_type.items():
         model = model_for(etype)
-        if model is None:
-            for i in idx:
-                out[i] = _build(items[i], None, None, None, None, anomaly_weight, thresholds)
+        width = None if model is None else len(model.meta.feature_names)
+        usable = [i for i in idx if model is not None and _usable(items[i], width)]
+        for i in set(idx).difference(usable):
+            out[i] = _build(items[i], None, None, None, None, anomaly_weight, thresholds)
+        if model is None or not usable:
             continue
+        idx = usable
         rows = [items[i].features for i in idx]
         rul, lower, upper = model.predict(np.stack(rows))  # type: ignore[arg-type]
         for j, i in enumerate(idx):
@@ -61,6 +67,11 @@ def predict_batch(
                 anomaly_weight, thresholds,
             )  # fmt: skip
     return [out[i] for i in sorted(out)]
+
+
+def _usable(s: Scored, width: int | None) -> bool:
+    f = s.features
+    return s.complete and f is not None and f.shape == (width,) and bool(np.isfinite(f).all())
 
 
 def _build(
@@ -96,4 +107,5 @@ def _build(
         model_name=name,
         model_version=version,
         top_sensors=s.top_sensors,
+        imputed_sensors=s.imputed,
     )

@@ -110,6 +110,7 @@ class Prediction:
     model_name: str
     model_version: str
     top_sensors: tuple[str, ...] = ()
+    imputed_sensors: int = 0  # model sensors missing from the reading (last value carried)
 
     def to_json_dict(self) -> dict[str, Any]:
         return {
@@ -126,6 +127,7 @@ class Prediction:
             "status": self.status,
             "model": {"name": self.model_name, "version": self.model_version},
             "top_sensors": list(self.top_sensors),
+            "imputed_sensors": self.imputed_sensors,
             "schema_version": SCHEMA_VERSION,
         }
 

@@ -10,12 +10,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from models.parsing import MAX_ID_LEN, MAX_PAYLOAD_ECHO, parse_reading
+from models.parsing import MAX_ID_LEN, MAX_PAYLOAD_ECHO, ParseLimits, parse_reading
 from models.schemas import DeadLetter, Origin, Reading, iso_to_ms, ms_to_iso
 
 ORIGIN = Origin("readings", partition="3", offset=42)
 TS = "2026-11-27T09:00:00.000Z"
 TS_MS = 1_795_770_000_000
+NOW_MS = TS_MS + 3_600_000  # the wall clock the timestamp bounds are checked against
+OPEN = ParseLimits(max_future_ms=None, max_abs_value=float("inf"))  # no range bounds
 
 
 def valid_doc(**changes: Any) -> dict[str, Any]:
@@ -75,7 +77,7 @@ def test_valid_reading_parses_from_bytes_str_and_dict() -> None:
 )
 def test_valid_variants_parse(changes: dict[str, Any], ts_ms: int) -> None:
     doc = valid_doc(**changes)
-    r = parse_reading(as_bytes(doc), ORIGIN)
+    r = parse_reading(as_bytes(doc), ORIGIN, OPEN)
     assert isinstance(r, Reading), r
     assert r.ts_ms == ts_ms
     assert r.settings == ({} if not doc.get("settings") else doc["settings"])
@@ -212,6 +214,87 @@ def test_bad_input_becomes_a_dead_letter_that_names_the_problem(
     assert out.payload == payload.decode("utf-8", errors="replace")[:MAX_PAYLOAD_ECHO]
     assert len(out.reason) <= 300
     json.dumps(out.to_json_dict())  # a dead letter is always serialisable
+
+
+# --- hostile input: what would break a sink, a log line or event time -------------------
+
+NUL, SURROGATE, ESC = "\u0000", "\ud800", "\u001b"
+
+
+def escaped(doc: dict[str, Any]) -> bytes:
+    """JSON as a hostile producer writes it: NUL and surrogates as \\u escapes (the bytes
+    are valid UTF-8; the decoded text is not storable)."""
+    return json.dumps(doc, ensure_ascii=True).encode()
+
+
+HOSTILE: list[Any] = [
+    *[
+        pytest.param(escaped(valid_doc(**{f: f"pump{bad}1"})), [f, "control"], id=f"{f}-{n}")
+        for f in ("equipment_id", "equipment_type")
+        for n, bad in (("nul", NUL), ("surrogate", SURROGATE), ("esc", ESC), ("newline", "\n"))
+    ],
+    *[
+        pytest.param(
+            escaped(valid_doc(**{f: {f"x{bad}": 1.0}})), [f, "control"], id=f"{f}-name-{n}"
+        )
+        for f in ("sensors", "settings")
+        for n, bad in (("nul", NUL), ("surrogate", SURROGATE), ("tab", "\t"))
+    ],
+    pytest.param(
+        escaped(valid_doc(sensors={"": 1.0})), ["sensors", "empty or too long"], id="name-empty"
+    ),
+    pytest.param(
+        escaped(valid_doc(ts="9999-12-31T23:59:59Z")), ["ahead of the wall clock"], id="ts-9999"
+    ),
+    pytest.param(
+        escaped(valid_doc(ts=..., ts_ms=NOW_MS + 2 * 86_400_000)),
+        ["ahead of the wall clock"],
+        id="ts_ms-2-days-ahead",
+    ),
+    pytest.param(escaped(valid_doc(sensors={"T24": 1e308})), ["beyond the limit"], id="1e308"),
+    pytest.param(escaped(valid_doc(sensors={"T24": -1e13})), ["beyond the limit"], id="-1e13"),
+    pytest.param(
+        escaped(valid_doc(sensors={f"s{i}": 1.0 for i in range(600)})),
+        ["600 entries", "limit"],
+        id="too-many-sensors",
+    ),
+    pytest.param(escaped(valid_doc(padding="x" * 300_000)), ["bytes", "limit"], id="padded-300KB"),
+]
+
+
+@pytest.mark.parametrize(("payload", "words"), HOSTILE)
+def test_hostile_input_becomes_a_dead_letter(payload: bytes, words: list[str]) -> None:
+    out = parse_reading(payload, ORIGIN, now_ms=NOW_MS)
+    assert isinstance(out, DeadLetter), out
+    for word in words:
+        assert word in out.reason, f"{word!r} not in reason {out.reason!r}"
+    assert len(out.reason) <= 300
+    # what a sink writes of a dead letter is storable text: UTF-8, no NUL
+    assert "\x00" not in out.reason and SURROGATE not in out.reason
+    out.reason.encode("utf-8")
+    out.payload.encode("utf-8")
+    json.dumps(out.to_json_dict(), ensure_ascii=False).encode("utf-8")
+
+
+def test_hostile_dict_does_not_leak_a_bad_id_into_the_dead_letter() -> None:
+    out = parse_reading(valid_doc(equipment_id=f"a{SURROGATE}"), ORIGIN)
+    assert isinstance(out, DeadLetter) and out.equipment_id is None
+
+
+def test_clock_bounds_are_settings() -> None:
+    doc = escaped(valid_doc(ts=..., ts_ms=NOW_MS - 10 * 86_400_000))
+    assert isinstance(parse_reading(doc, ORIGIN, now_ms=NOW_MS), Reading)  # past: no bound
+    past = ParseLimits(max_past_ms=86_400_000)
+    out = parse_reading(doc, ORIGIN, past, now_ms=NOW_MS)
+    assert isinstance(out, DeadLetter) and "behind the wall clock" in out.reason
+    soon = escaped(valid_doc(ts=..., ts_ms=NOW_MS + 3_600_000))
+    assert isinstance(parse_reading(soon, ORIGIN, now_ms=NOW_MS), Reading)  # 1 h ahead: ok
+
+
+def test_unicode_names_that_are_printable_parse() -> None:
+    r = parse_reading(escaped(valid_doc(equipment_id="pompe-é-1", sensors={"débit": 2.0})),
+                      ORIGIN, now_ms=NOW_MS)  # fmt: skip
+    assert isinstance(r, Reading) and r.equipment_id == "pompe-é-1"
 
 
 def test_dead_letter_from_a_dict_keeps_the_equipment_id() -> None:
