@@ -20,7 +20,7 @@ help:
 	@echo "make retrain        challenger from PostgreSQL history vs the production model"
 	@echo "make bench          throughput benchmarks (a table)"
 	@echo "make eval-detector  anomaly detector on labelled simulator faults (a table)"
-	@echo "make services-up    start the local services; make services-down stops them"
+	@echo "make services-up    start the local services (data kept; FRESH=1: empty); services-down stops them"
 	@echo "make lint           ruff check, ruff format --check, mypy"
 
 $(STAMP): pyproject.toml
@@ -49,8 +49,9 @@ retrain: $(STAMP)
 eval-detector: $(STAMP)
 	$(PY) -m models.detector_eval
 
+# Keeps the data of the last run; `make services-up FRESH=1` starts empty services.
 services-up:
-	infra/scripts/services.sh up
+	infra/scripts/services.sh up $(if $(filter 1,$(FRESH)),--fresh)
 
 services-down:
 	infra/scripts/services.sh down

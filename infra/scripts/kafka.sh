@@ -1,14 +1,19 @@
 #!/usr/bin/env bash
 # Single-node Apache Kafka 4.x (KRaft, broker+controller) on 127.0.0.1 from Maven Central jars.
 #
-#   kafka.sh start    resolve jars (first run only), format a fresh data dir, start, wait
-#   kafka.sh stop     SIGTERM (controlled shutdown), SIGKILL after PM_KAFKA_STOP_TIMEOUT s
+#   kafka.sh start    resolve jars (first run only); reuse the data dir of the last start
+#                     (topics and messages are kept) or format one when there is none; start, wait
+#   kafka.sh start --fresh   (or PM_SERVICES_FRESH=1) delete the old data dir first
+#   kafka.sh stop     SIGTERM (controlled shutdown), SIGKILL after PM_KAFKA_STOP_TIMEOUT s; data kept
 #   kafka.sh status   exit 0 when a broker answers on the port (ours or someone else's)
 #
 # Env: PM_KAFKA_PORT (9092), PM_KAFKA_CONTROLLER_PORT (9093), PM_KAFKA_HEAP (512m),
 #      PM_KAFKA_START_TIMEOUT (90, at most 120), PM_KAFKA_STOP_TIMEOUT (30),
 #      PM_KAFKA_LIBS (<repo>/.kafka/libs: jar cache, kept across runs),
-#      PM_SERVICES_DIR (<repo>/.services; this script uses its kafka/ folder).
+#      PM_SERVICES_DIR (<repo>/.services; this script uses its kafka/ folder),
+#      PM_SERVICES_FRESH (1: like --fresh).
+# A kept data dir must be started with the same controller port it was formatted with
+# (the KRaft quorum records it); topics keep the retention of infra/kafka/server.properties.
 # If something already accepts connections on PM_KAFKA_PORT (e.g. the docker-compose broker)
 # and this script did not start it, start uses it as is and stop leaves it alone.
 # Needs java 17+ and mvn (first run: Maven Central).
@@ -24,6 +29,7 @@ CPORT="${PM_KAFKA_CONTROLLER_PORT:-9093}"
 HEAP="${PM_KAFKA_HEAP:-512m}"
 START_TIMEOUT="${PM_KAFKA_START_TIMEOUT:-90}"
 STOP_TIMEOUT="${PM_KAFKA_STOP_TIMEOUT:-30}"
+FRESH="${PM_SERVICES_FRESH:-0}"
 PIDFILE="$RUN/kafka.pid"
 PROPS="$RUN/server.properties"
 LOGS="$RUN/logs"
@@ -121,14 +127,22 @@ start() {
   resolve_jars
   t0="$(date +%s%N)"
   mapfile -t jvm < <(jvm_common)
-  rm -rf "$RUN"
-  mkdir -p "$LOGS" "$RUN/data"
-  write_props
-  cid="$(cluster_id)"
-  if ! java "${jvm[@]}" -Xmx256m kafka.tools.StorageTool format --standalone -t "$cid" -c "$PROPS" \
-    >"$LOGS/format.log" 2>&1; then
-    log_tail "$LOGS/format.log"
-    die "kafka: formatting $RUN/data failed"
+  if [[ "$FRESH" == 1 || ! -f "$RUN/data/meta.properties" ]]; then
+    rm -rf "$RUN"
+    mkdir -p "$LOGS" "$RUN/data"
+    write_props
+    cid="$(cluster_id)"
+    if ! java "${jvm[@]}" -Xmx256m kafka.tools.StorageTool format --standalone -t "$cid" -c "$PROPS" \
+      >"$LOGS/format.log" 2>&1; then
+      log_tail "$LOGS/format.log"
+      die "kafka: formatting $RUN/data failed"
+    fi
+    log "kafka: formatted a new data dir $RUN/data"
+  else
+    mkdir -p "$LOGS"
+    write_props
+    rm -f "$LOGS/server.log" # the readiness check below looks for this start's line
+    log "kafka: reusing $RUN/data (topics and messages kept; start --fresh for an empty broker)"
   fi
   # setsid: own session, so a Ctrl-C in the calling terminal does not reach the broker.
   # 9>&-: do not inherit the start/stop lock.
@@ -194,12 +208,13 @@ status() {
   return 3
 }
 
+if [[ "${2:-}" == --fresh ]]; then FRESH=1; fi
 case "${1:-}" in
   start) start ;;
   stop) stop ;;
   status) status ;;
   *)
-    err "usage: $0 start|stop|status"
+    err "usage: $0 start [--fresh]|stop|status"
     exit 2
     ;;
 esac

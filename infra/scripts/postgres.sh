@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
-# Throwaway PostgreSQL cluster (Debian packages) on 127.0.0.1 for tests and local runs.
+# PostgreSQL cluster (Debian packages) on 127.0.0.1 for local runs and tests.
 #
-#   postgres.sh start    install postgresql if missing, initdb a fresh cluster, start, create
-#                        role pm (password pm, CREATEDB) and database pm owned by it
-#   postgres.sh stop     pg_ctl stop -m fast (then immediate, then SIGKILL)
+#   postgres.sh start    install postgresql if missing; reuse the cluster of the last start
+#                        (its data is kept), or initdb one when there is none; start it;
+#                        ensure role pm (password pm, CREATEDB) and database pm owned by it
+#   postgres.sh start --fresh   (or PM_SERVICES_FRESH=1) throw the old cluster away first
+#   postgres.sh stop     pg_ctl stop -m fast (then immediate, then SIGKILL); data is kept
 #   postgres.sh status   exit 0 when role pm can run SELECT 1 on the port
 #
 # Env: PM_PG_PORT (5432), PM_PG_START_TIMEOUT (60), PM_SERVICES_DIR (<repo>/.services; this
-#      script uses its postgres/ folder). Durability is off (fsync, synchronous_commit,
-#      full_page_writes): the data is thrown away on the next start.
+#      script uses its postgres/ folder), PM_SERVICES_FRESH (1: like --fresh).
+# fsync and full_page_writes stay on (a crash cannot corrupt the cluster); synchronous_commit
+# is off (a crash may lose the last fraction of a second of commits, never consistency).
 # initdb and postgres refuse to run as root: as root the cluster runs as the `postgres` user,
 # which must be able to reach the data dir; when it cannot (e.g. a clone under /root), the
 # cluster goes to /tmp/pm-postgres-<port> instead and the script says so.
@@ -19,6 +22,7 @@ set -euo pipefail
 source "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/lib.sh"
 
 PORT="${PM_PG_PORT:-5432}"
+FRESH="${PM_SERVICES_FRESH:-0}"
 START_TIMEOUT="${PM_PG_START_TIMEOUT:-60}"
 STATE="$PM_SVC_DIR/postgres" # always ours; holds the pointer to the cluster base dir
 POINTER="$STATE/base"
@@ -149,6 +153,45 @@ external_hint() {
   err "  or use another port: PM_PG_PORT=15432"
 }
 
+# init_cluster BASE SOCK -> a new, empty cluster in BASE/data (an old one there is removed).
+init_cluster() {
+  local base="$1" sock="$2"
+  printf '%s\n' "$base" >"$POINTER"
+  rm -rf "$base/data" "$base/run"
+  mkdir -p "$base"
+  if [[ "$base" != "$STATE" ]]; then chmod 755 "$base"; fi
+  mkdir_pg "$base/data"
+  if [[ "$sock" != /tmp ]]; then mkdir_pg "$sock"; fi
+  : >"$base/postgres.log"
+  if [[ $EUID -eq 0 ]]; then chown postgres:postgres "$base/postgres.log"; fi
+
+  if ! as_pg "$PGBIN/initdb" -D "$base/data" -U postgres --auth-local=trust \
+    --auth-host=scram-sha-256 --encoding=UTF8 --no-locale --no-instructions \
+    >"$base/initdb.log" 2>&1; then
+    log_tail "$base/initdb.log"
+    die "postgres: initdb failed (log: $base/initdb.log)"
+  fi
+  cat >>"$base/data/postgresql.conf" <<EOF
+
+# ---- local cluster (infra/scripts/postgres.sh; port and socket dir come from pg_ctl -o) ----
+listen_addresses = '$PM_HOST'
+synchronous_commit = off
+timezone = 'UTC'
+log_timezone = 'UTC'
+EOF
+  log "postgres: initialised a new cluster in $base/data"
+}
+
+# check_version BASE -> die when the kept cluster was made by another PostgreSQL major version
+# (its data is left alone: upgrade it with pg_upgrade, or start --fresh to discard it).
+check_version() {
+  local have want
+  have="$(cat "$1/data/PG_VERSION")"
+  want="$("$PGBIN/postgres" --version | awk '{print $3}' | cut -d. -f1)"
+  [[ "$have" == "$want" ]] || die "postgres: the cluster in $1/data is PostgreSQL $have but" \
+    "the installed server is $want; upgrade it (pg_upgrade) or discard it with --fresh"
+}
+
 start() {
   with_lock postgres
   local base pid sock t0
@@ -176,36 +219,18 @@ start() {
   fi
 
   t0="$(date +%s%N)"
-  base="$(choose_base)"
-  sock="$(socket_dir "$base")"
-  printf '%s\n' "$base" >"$POINTER"
-  rm -rf "$base/data" "$base/run"
-  mkdir -p "$base"
-  if [[ "$base" != "$STATE" ]]; then chmod 755 "$base"; fi
-  mkdir_pg "$base/data"
-  if [[ "$sock" != /tmp ]]; then mkdir_pg "$sock"; fi
-  : >"$base/postgres.log"
-  if [[ $EUID -eq 0 ]]; then chown postgres:postgres "$base/postgres.log"; fi
-
-  if ! as_pg "$PGBIN/initdb" -D "$base/data" -U postgres --auth-local=trust \
-    --auth-host=scram-sha-256 --encoding=UTF8 --no-locale --no-sync --no-instructions \
-    >"$base/initdb.log" 2>&1; then
-    log_tail "$base/initdb.log"
-    die "postgres: initdb failed (log: $base/initdb.log)"
+  if [[ "$FRESH" == 1 || -z "$base" || ! -f "$base/data/PG_VERSION" ]]; then
+    base="$(choose_base)"
+    sock="$(socket_dir "$base")"
+    init_cluster "$base" "$sock"
+  else
+    sock="$(socket_dir "$base")"
+    check_version "$base"
+    if [[ "$sock" != /tmp ]]; then mkdir_pg "$sock"; fi
+    log "postgres: reusing the cluster in $base/data (data kept; start --fresh for an empty one)"
   fi
-  cat >>"$base/data/postgresql.conf" <<EOF
-
-# ---- throwaway test cluster (infra/scripts/postgres.sh) ----
-listen_addresses = '$PM_HOST'
-port = $PORT
-unix_socket_directories = '$sock'
-fsync = off
-synchronous_commit = off
-full_page_writes = off
-timezone = 'UTC'
-log_timezone = 'UTC'
-EOF
   if ! as_pg "$PGBIN/pg_ctl" -D "$base/data" -l "$base/postgres.log" -w -t "$START_TIMEOUT" \
+    -o "-p $PORT -c listen_addresses=$PM_HOST -c unix_socket_directories=$sock" \
     start >"$base/pg_ctl.log" 2>&1 9>&-; then
     log_tail "$base/pg_ctl.log" "$base/postgres.log"
     die "postgres: pg_ctl start failed (logs: $base/postgres.log)"
@@ -232,7 +257,7 @@ stop() {
       as_pg "$PGBIN/pg_ctl" -D "$base/data" -m immediate -w -t 10 stop >/dev/null 2>&1 ||
         terminate "$pid" "$base/data" 1 || true
     fi
-    log "postgres: stopped (pid $pid); data left in $base/data until the next start"
+    log "postgres: stopped (pid $pid); data kept in $base/data"
   elif port_open "$PORT"; then
     log "postgres: $PM_HOST:$PORT is served by a server this script did not start: leaving it running"
   else
@@ -268,12 +293,13 @@ status() {
   return 3
 }
 
+if [[ "${2:-}" == --fresh ]]; then FRESH=1; fi
 case "${1:-}" in
   start) start ;;
   stop) stop ;;
   status) status ;;
   *)
-    err "usage: $0 start|stop|status"
+    err "usage: $0 start [--fresh]|stop|status"
     exit 2
     ;;
 esac

@@ -1,12 +1,17 @@
 #!/usr/bin/env bash
-# Throwaway Redis (Debian's redis-server) on 127.0.0.1, no persistence.
+# Redis (Debian's redis-server) on 127.0.0.1, persisted with an append-only file.
 #
-#   redis.sh start    install redis-server if missing, start a daemon, wait for PING
-#   redis.sh stop     SIGTERM (then SIGKILL) the daemon this script started
+#   redis.sh start    install redis-server if missing, start a daemon (loading the data of the
+#                     last run from its dir), wait for PING
+#   redis.sh start --fresh   (or PM_SERVICES_FRESH=1) delete the old data first
+#   redis.sh stop     SIGTERM (then SIGKILL) the daemon this script started; Redis writes its
+#                     data on the way down, and it is kept
 #   redis.sh status   exit 0 when the port answers PING with PONG
 #
 # Env: PM_REDIS_PORT (6379), PM_REDIS_START_TIMEOUT (30), PM_SERVICES_DIR (<repo>/.services;
-#      this script uses its redis/ folder for the pid file and log).
+#      this script uses its redis/ folder for data (appendonlydir/, dump.rdb), pid file and
+#      log), PM_SERVICES_FRESH (1: like --fresh). appendfsync everysec: a crash loses at most
+#      about a second of writes.
 # If a Redis already answers PING on the port and this script did not start it, start uses it
 # and stop leaves it alone.
 set -euo pipefail
@@ -15,6 +20,7 @@ source "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/lib.sh"
 
 PORT="${PM_REDIS_PORT:-6379}"
 START_TIMEOUT="${PM_REDIS_START_TIMEOUT:-30}"
+FRESH="${PM_SERVICES_FRESH:-0}"
 RUN="$PM_SVC_DIR/redis"
 PIDFILE="$RUN/redis.pid"
 LOGFILE="$RUN/redis.log"
@@ -65,10 +71,11 @@ start() {
       "'$reply'; stop it or use another port (PM_REDIS_PORT=16379)"
   fi
   t0="$(date +%s%N)"
-  rm -rf "$RUN"
+  if [[ "$FRESH" == 1 ]]; then rm -rf "$RUN"; fi
   mkdir -p "$RUN"
   # 9>&-: the daemon must not inherit the start/stop lock.
-  if ! redis-server --port "$PORT" --bind "$PM_HOST" --save '' --appendonly no \
+  if ! redis-server --port "$PORT" --bind "$PM_HOST" --save '900 1 300 100 60 10000' \
+    --appendonly yes --appendfsync everysec \
     --daemonize yes --pidfile "$PIDFILE" --logfile "$LOGFILE" --dir "$RUN" 9>&-; then
     log_tail "$LOGFILE"
     die "redis: redis-server failed to start (log: $LOGFILE)"
@@ -125,12 +132,13 @@ status() {
   return 3
 }
 
+if [[ "${2:-}" == --fresh ]]; then FRESH=1; fi
 case "${1:-}" in
   start) start ;;
   stop) stop ;;
   status) status ;;
   *)
-    err "usage: $0 start|stop|status"
+    err "usage: $0 start [--fresh]|stop|status"
     exit 2
     ;;
 esac

@@ -2,7 +2,9 @@
 # Local Kafka + PostgreSQL + Redis for tests and local runs (no Docker).
 #
 #   services.sh up       start all three (Kafka in parallel with the others), print a summary
-#                        and the env lines for a test run; also written to $PM_SERVICES_DIR/env
+#                        and the env lines for a test run; also written to $PM_SERVICES_DIR/env.
+#                        Data of the last run (database, topics, Redis keys) is kept.
+#   services.sh up --fresh   (or PM_SERVICES_FRESH=1) start all three empty
 #   services.sh down     stop what these scripts started (servers found already running are left)
 #   services.sh status   one line per service; exit 0 when all three answer
 #
@@ -73,12 +75,13 @@ status() {
   return 1
 }
 
+if [[ "${2:-}" == --fresh ]]; then export PM_SERVICES_FRESH=1; fi
 case "${1:-}" in
   up) up ;;
   down) down ;;
   status) status ;;
   *)
-    err "usage: $0 up|down|status"
+    err "usage: $0 up [--fresh]|down|status"
     exit 2
     ;;
 esac
