@@ -87,7 +87,7 @@ class PrivateServices:
         for service in sorted(self.started):
             try:
                 self.stop(service)
-            except Exception as exc:  # noqa: BLE001 - best effort in teardown
+            except Exception as exc:  # best effort in teardown
                 print(f"private services: stopping {service}: {exc}")
         base = self.dir / "postgres" / "base"
         if base.is_file():  # the cluster may live outside self.dir (see postgres.sh)
