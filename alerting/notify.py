@@ -1,24 +1,26 @@
-"""Deliver alerts through Apprise, once per alert id.
+"""Render alerts and send them through Apprise, one target at a time.
 
-* :class:`AppriseNotifier` sends one alert to every configured Apprise URL (email, Slack,
-  ``json://`` webhooks, ...), retrying each failed target with exponential back-off.
-* :class:`Deduper` is the port that remembers which alert ids went out;
-  :class:`MemoryDeduper` is the bounded in-process implementation (a Redis one with
-  ``SET NX`` plus TTL serves several workers and restarts).
-* :class:`AlertDispatcher` ties them: claim the id, send, release the claim if sending
-  failed so that a later dispatch of the same alert tries again.
+* :func:`render` turns an alert into the :class:`Message` that is sent (and stored, so a
+  retry after a restart sends the same text).
+* :class:`AppriseNotifier` holds one Apprise service per configured URL (email, Slack,
+  ``json://`` webhooks, ...), each known by a :func:`fingerprint` (a hash of the URL, safe
+  to store and log) and a masked label. ``send`` makes one bounded attempt to one target
+  and returns the failure reason or None; ``notify`` tries every target with back-off.
 
-Apprise objects are not picklable: build these once per worker, never put them in state.
+Who sends what, once, is decided by the delivery ledger (``connectors.alert_delivery``).
+Apprise objects are not picklable: build these once per process, never put them in state.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import re
 import threading
 import time
-from collections import OrderedDict
-from collections.abc import Iterable, Iterator, Sequence
-from typing import Protocol
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
 
 import apprise
@@ -80,18 +82,62 @@ def format_body(alert: Alert) -> str:
     return "\n".join(lines)
 
 
-class Notifier(Protocol):
-    """Anything that can deliver one alert and say whether it arrived."""
+@dataclass(frozen=True)
+class Message:
+    """What goes out for one alert: title, plain-text body, Apprise type (its value)."""
 
-    def notify(self, alert: Alert) -> bool: ...
+    alert_id: str
+    title: str
+    body: str
+    kind: str
+
+    def to_json(self) -> dict[str, str]:
+        return {"alert_id": self.alert_id, "title": self.title, "body": self.body,
+                "kind": self.kind}  # fmt: skip
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Message:
+        return cls(str(d["alert_id"]), str(d["title"]), str(d["body"]), str(d["kind"]))
+
+
+def render(alert: Alert) -> Message:
+    r"""The message for an alert, as text any store accepts (no NUL, valid UTF-8).
+
+    >>> from models.schemas import Alert
+    >>> m = render(Alert("id", "pump-\x00", 0, "rul_low", "warning", "firing", 1.0, 2.0, "m"))
+    >>> m.title, m.kind
+    ('[WARNING] pump-\ufffd rul_low firing', 'warning')
+    """
+    return Message(
+        _clean(alert.alert_id),
+        _clean(format_title(alert)),
+        _clean(format_body(alert)),
+        notify_type(alert).value,
+    )
+
+
+def _clean(text: str) -> str:
+    return text.encode("utf-8", "replace").decode("utf-8").replace("\x00", "\ufffd")
+
+
+def fingerprint(url: str) -> str:
+    """A stable, non-secret name for a target: 16 hex digits of the URL's SHA-256.
+
+    >>> fingerprint("json://127.0.0.1:8080/hook")
+    '43e055fc7a98ccc9'
+    """
+    return hashlib.sha256(url.encode("utf-8")).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Target:
+    fingerprint: str
+    label: str  # the URL with secrets masked by Apprise
+    service: Any  # apprise.NotifyBase
 
 
 class AppriseNotifier:
-    """Send alerts to Apprise URLs; ``notify`` returns True only if every target accepted.
-
-    Each target is tried ``1 + retries`` times at most, waiting ``backoff_s``, then twice
-    that, and so on; a retry goes only to the targets that failed. Delivery failures are
-    logged (with the URL's secrets masked by Apprise) and never raised.
+    """One Apprise service per URL, with connect and read timeouts of ``timeout_s``.
 
     >>> n = AppriseNotifier(["json://user:secret@127.0.0.1:9/hook"], timeout_s=5)
     >>> n.targets[0].split("?")[0], "rto=5" in n.targets[0]
@@ -115,62 +161,98 @@ class AppriseNotifier:
             raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
         self.retries = retries
         self.backoff_s = backoff_s
-        self._services = []
+        self.by_fingerprint: dict[str, Target] = {}
         for i, url in enumerate(urls):
             service = apprise.Apprise.instantiate(url)
             if service is None:
                 raise ValueError(f"invalid Apprise URL #{i}: {_mask(url)!r}")
             service.socket_connect_timeout = timeout_s
             service.socket_read_timeout = timeout_s
-            self._services.append(service)
+            fp = fingerprint(url)
+            self.by_fingerprint[fp] = Target(fp, _masked(service).split("?")[0], service)
 
     @property
     def targets(self) -> list[str]:
-        """The configured targets, secrets masked (safe to log)."""
-        return [_masked(s) for s in self._services]
+        """The configured targets with their options, secrets masked (safe to log)."""
+        return [_masked(t.service) for t in self.by_fingerprint.values()]
+
+    @property
+    def fingerprints(self) -> list[str]:
+        return list(self.by_fingerprint)
+
+    def label(self, fp: str) -> str:
+        """The target's URL without options, secrets masked (safe to log and store)."""
+        target = self.by_fingerprint.get(fp)
+        return target.label if target else f"<unknown target {fp}>"
+
+    def send(self, fp: str, message: Message) -> str | None:
+        """One attempt to deliver ``message`` to the target ``fp``: None if it was
+        accepted, else why not (Apprise's warning, which names no secret)."""
+        target = self.by_fingerprint.get(fp)
+        if target is None:
+            return f"target {fp} is not configured"
+        capture = _ThreadCapture()
+        _APPRISE_LOG.addHandler(capture)
+        try:
+            ok = bool(
+                target.service.notify(
+                    body=message.body,
+                    title=message.title,
+                    notify_type=apprise.NotifyType(message.kind),
+                    body_format=apprise.NotifyFormat.TEXT,
+                )
+            )
+        except Exception as exc:  # a plugin bug must not stop delivery of other alerts
+            log.exception("Apprise target %s raised", target.label)
+            return f"{type(exc).__name__} in the Apprise plugin"
+        finally:
+            _APPRISE_LOG.removeHandler(capture)
+        if ok:
+            return None
+        return capture.last or "the target did not accept the notification"
 
     def notify(self, alert: Alert) -> bool:
-        title, body, kind = format_title(alert), format_body(alert), notify_type(alert)
-        pending = list(self._services)
+        """Send to every target, retrying the failed ones with back-off; True if all
+        accepted. (The flow uses the ledger instead, which retries across restarts.)"""
+        message = render(alert)
+        pending = list(self.by_fingerprint)
         for attempt in range(self.retries + 1):
             if attempt:
                 time.sleep(self.backoff_s * 2 ** (attempt - 1))
-            pending = [s for s in pending if not _send(s, title, body, kind)]
+            pending = [fp for fp in pending if self.send(fp, message) is not None]
             if not pending:
                 return True
-        for service in pending:
-            log.error(
-                "alert %s (%s) not delivered to %s after %d attempt(s)",
-                alert.alert_id,
-                title,
-                _masked(service),
-                self.retries + 1,
-            )
+        for fp in pending:
+            log.error("alert %s not delivered to %s after %d attempt(s)",
+                      alert.alert_id, self.label(fp), self.retries + 1)  # fmt: skip
         return False
 
 
-def _send(service: apprise.NotifyBase, title: str, body: str, kind: apprise.NotifyType) -> bool:
-    try:
-        return bool(
-            service.notify(
-                body=body,
-                title=title,
-                notify_type=kind,
-                body_format=apprise.NotifyFormat.TEXT,
-            )
-        )
-    except Exception:  # a plugin bug must not stop the flow; count it as a failed delivery
-        log.exception("Apprise target %s raised", _masked(service))
-        return False
+_APPRISE_LOG = logging.getLogger("apprise")
+_URL_CREDENTIALS = re.compile(r"(\w+://)[^/\s@]*@")
 
 
-def _masked(service: apprise.NotifyBase) -> str:
+class _ThreadCapture(logging.Handler):
+    """Keeps the last WARNING+ message Apprise logs from this thread."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.thread = threading.get_ident()
+        self.last: str | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.thread == self.thread:
+            text = _URL_CREDENTIALS.sub(r"\1****@", record.getMessage())
+            self.last = text[:300]
+
+
+def _masked(service: Any) -> str:
     """The service's URL with secrets masked by Apprise (safe to log)."""
     return str(service.url(privacy=True))
 
 
 def _mask(url: str) -> str:
-    """Scheme and host of a URL that Apprise rejected, without credentials, path or query.
+    """Scheme and host of a URL, without credentials, path or query.
 
     >>> _mask("slack://user:secret@hooks.example/T000/B000/XXXX?x=1")
     'slack://hooks.example/...'
@@ -181,87 +263,3 @@ def _mask(url: str) -> str:
     except ValueError:
         return "<unparseable>"
     return f"{parts.scheme}://{host}/..." if parts.scheme else "<no scheme>"
-
-
-class Deduper(Protocol):
-    """Remembers which alert ids were delivered.
-
-    ``first_time`` atomically claims an id (True the first time, False after);
-    ``release`` drops a claim whose delivery failed, so the id can be claimed again.
-    """
-
-    def first_time(self, alert_id: str) -> bool: ...
-
-    def release(self, alert_id: str) -> None: ...
-
-
-class MemoryDeduper:
-    """In-process :class:`Deduper` holding the newest ``max_ids`` ids (oldest evicted).
-
-    Thread-safe. Forgets everything on restart: use a shared store across workers.
-
-    >>> d = MemoryDeduper(max_ids=2)
-    >>> d.first_time("a"), d.first_time("a"), d.first_time("b"), d.first_time("c")
-    (True, False, True, True)
-    >>> d.first_time("a")  # evicted, so new again
-    True
-    >>> d.release("a"); d.first_time("a")
-    True
-    """
-
-    def __init__(self, max_ids: int = 100_000) -> None:
-        if max_ids < 1:
-            raise ValueError(f"max_ids must be >= 1, got {max_ids}")
-        self.max_ids = max_ids
-        self._ids: OrderedDict[str, None] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def __len__(self) -> int:
-        return len(self._ids)
-
-    def first_time(self, alert_id: str) -> bool:
-        with self._lock:
-            if alert_id in self._ids:
-                return False
-            self._ids[alert_id] = None
-            if len(self._ids) > self.max_ids:
-                self._ids.popitem(last=False)
-            return True
-
-    def release(self, alert_id: str) -> None:
-        with self._lock:
-            self._ids.pop(alert_id, None)
-
-
-SENT, DUPLICATE, FAILED = "sent", "duplicate", "failed"
-
-
-class AlertDispatcher:
-    """Send each alert at most once per alert id (as far as the deduper remembers).
-
-    The id is claimed before sending, so two workers racing on a shared deduper cannot
-    both send it, and released when delivery fails, so a later dispatch retries it.
-    """
-
-    def __init__(self, notifier: Notifier, deduper: Deduper) -> None:
-        self.notifier = notifier
-        self.deduper = deduper
-
-    def dispatch(self, alerts: Iterable[Alert]) -> int:
-        """Deliver the alerts whose id is new; return how many were delivered."""
-        return sum(result == SENT for _, result in self.dispatch_each(alerts))
-
-    def dispatch_each(self, alerts: Iterable[Alert]) -> Iterator[tuple[Alert, str]]:
-        """Deliver the alerts whose id is new, yielding each alert with its result:
-        ``sent``, ``duplicate`` (already sent) or ``failed`` (released for a retry)."""
-        for alert in alerts:
-            if not self.deduper.first_time(alert.alert_id):
-                yield alert, DUPLICATE
-                continue
-            delivered = False
-            try:
-                delivered = self.notifier.notify(alert)
-            finally:
-                if not delivered:
-                    self.deduper.release(alert.alert_id)
-            yield alert, SENT if delivered else FAILED

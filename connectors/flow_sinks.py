@@ -1,5 +1,9 @@
 """Bytewax sinks for the real services: PostgreSQL/TimescaleDB, Redis and alert delivery.
 
+Redis status and alert delivery never make the stream wait on Redis or on an endpoint:
+status writes degrade while Redis is down, and alerts are only recorded here and sent by
+a background worker (``connectors.alert_delivery``).
+
 PostgreSQL is a ``FixedPartitionedSink``: Bytewax calls a stateful sink partition's
 ``snapshot()`` at the end of every epoch, and ours flushes there. So nothing an epoch
 produced is still buffered when that epoch's snapshot (with the source offsets) commits:
@@ -22,9 +26,11 @@ from bytewax.outputs import (
     StatelessSinkPartition,
 )
 
-from alerting.notify import FAILED, AlertDispatcher, AppriseNotifier, Deduper, MemoryDeduper
-from connectors import metrics
+from alerting.notify import AppriseNotifier
+from connectors import alert_delivery, metrics
+from connectors.alert_delivery import DeliveryWorker
 from connectors.postgres_sink import PostgresWriter
+from connectors.settings import AlertDeliverySettings
 from models.schemas import Alert, Prediction, Reading
 
 log = logging.getLogger(__name__)
@@ -101,17 +107,44 @@ class PostgresSink(FixedPartitionedSink[Stored, None]):
 
 
 class _StatusPartition(StatelessSinkPartition[Prediction]):
-    def __init__(self, url: str) -> None:
-        from connectors.redis_state import RedisStatusStore
+    """Writes the newest status per equipment. While Redis is down it keeps the newest
+    per equipment in memory (one per machine of this worker) and writes them when Redis
+    returns, probing every ``probe_s``: the stream never waits for Redis."""
 
-        self.store = RedisStatusStore(url)
+    def __init__(self, url: str, probe_s: float = 2.0) -> None:
+        from connectors.redis_state import RedisHealth, RedisStatusStore
+
+        self.store = RedisStatusStore(url, retry_attempts=1, socket_timeout_s=2.0)
+        self.health = RedisHealth("status", probe_s)
+        self.pending: dict[str, Prediction] = {}
 
     def write_batch(self, items: list[Prediction]) -> None:
+        import redis
+
+        for p in items:
+            cur = self.pending.get(p.equipment_id)
+            if cur is None or p.ts_ms >= cur.ts_ms:
+                self.pending[p.equipment_id] = p
+        if not self.health.should_try():
+            return
         t0 = time.perf_counter()
-        self.store.write(items)
-        metrics.sink_observer("redis_status", len(items), time.perf_counter() - t0)
+        try:
+            self.store.write(list(self.pending.values()))
+        except redis.RedisError as exc:
+            self.health.failed(exc)
+            metrics.SINK_ERRORS.labels("redis_status").inc()
+            return
+        self.health.ok()
+        metrics.sink_observer("redis_status", len(self.pending), time.perf_counter() - t0)
+        self.pending.clear()
 
     def close(self) -> None:
+        try:
+            if self.pending and self.health.up:
+                self.store.write(list(self.pending.values()))
+        except Exception as exc:
+            log.warning("redis status sink: %d statuses not written at close: %s",
+                        len(self.pending), type(exc).__name__)  # fmt: skip
         try:
             self.store.close()
         except Exception:
@@ -119,7 +152,8 @@ class _StatusPartition(StatelessSinkPartition[Prediction]):
 
 
 class RedisStatusSink(DynamicSink[Prediction]):
-    """The latest status per equipment in Redis hashes, for dashboards and other readers."""
+    """The latest status per equipment in Redis hashes, for dashboards and other readers;
+    degrades (logged once, ``pm_redis_up{client="status"}``) while Redis is down."""
 
     def __init__(self, url: str) -> None:
         self.url = url
@@ -129,51 +163,47 @@ class RedisStatusSink(DynamicSink[Prediction]):
 
 
 class _NotifyPartition(StatelessSinkPartition[Alert]):
-    """Sends each alert id once; a failed delivery is released, logged, counted and tried
-    again with the next batches (up to ``MAX_RETRY_QUEUE`` alerts held)."""
+    """Hands alerts to the process's delivery worker (records them, never sends here)."""
 
-    MAX_RETRY_QUEUE = 1000
-
-    def __init__(self, dispatcher: AlertDispatcher) -> None:
-        self.dispatcher = dispatcher
-        self.retry: list[Alert] = []
+    def __init__(self, worker: DeliveryWorker, key: Any) -> None:
+        self.worker = worker
+        self.key = key
 
     def write_batch(self, items: list[Alert]) -> None:
-        queue, self.retry = [*self.retry, *items], []
-        for alert, result in self.dispatcher.dispatch_each(queue):
-            metrics.ALERT_DELIVERIES.labels(result).inc()
-            if result == FAILED:
-                self.retry.append(alert)
-        if len(self.retry) > self.MAX_RETRY_QUEUE:
-            dropped = self.retry[: -self.MAX_RETRY_QUEUE]
-            self.retry = self.retry[-self.MAX_RETRY_QUEUE :]
-            log.error("alert delivery: gave up on %d alerts, e.g. %s", len(dropped), dropped[0])
+        self.worker.submit(items)
 
     def close(self) -> None:
-        if self.retry:
-            log.error("alert delivery: %d alerts undelivered at shutdown", len(self.retry))
+        alert_delivery.release(self.key)
 
 
 class AlertNotifySink(DynamicSink[Alert]):
-    """Deliver alerts through Apprise, each alert id once across workers and restarts when
-    a Redis URL is given (else once per process)."""
+    """Deliver alerts through Apprise, once per alert id and target: durable with a
+    database, else in memory (with Redis marks across processes when given). Sends run
+    on a background worker per process with bounded timeouts."""
 
-    def __init__(self, urls: list[str], redis_url: str | None, timeout_s: float = 10.0) -> None:
-        AppriseNotifier(urls, timeout_s=timeout_s)  # fail at start-up on a bad URL
+    def __init__(
+        self,
+        urls: list[str],
+        database_url: str | None = None,
+        redis_url: str | None = None,
+        delivery: AlertDeliverySettings | None = None,
+    ) -> None:
+        delivery = delivery or AlertDeliverySettings()
+        AppriseNotifier(urls, timeout_s=delivery.timeout_s)  # fail at start-up on a bad URL
         self.urls = urls
+        self.database_url = database_url
         self.redis_url = redis_url
-        self.timeout_s = timeout_s
+        self.delivery = delivery
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _NotifyPartition:
-        deduper: Deduper
-        if self.redis_url:
-            from connectors.redis_state import RedisDeduper
-
-            deduper = RedisDeduper(self.redis_url)
-        else:
-            deduper = MemoryDeduper()
-        notifier = AppriseNotifier(self.urls, timeout_s=self.timeout_s)
-        return _NotifyPartition(AlertDispatcher(notifier, deduper))
+        key = (step_id, tuple(self.urls), self.database_url, self.redis_url, self.delivery)
+        worker = alert_delivery.acquire(
+            key,
+            lambda: alert_delivery.build_worker(
+                self.urls, self.database_url, self.redis_url, self.delivery
+            ),
+        )
+        return _NotifyPartition(worker, key)
 
 
 class _DriftStorePartition(StatelessSinkPartition[Any]):

@@ -1,17 +1,19 @@
-"""Redis state shared by all workers and kept across restarts: alert dedup and the latest
-status per equipment.
+"""Redis state shared by all workers: delivery marks for alerts (used when there is no
+database) and the latest status per equipment.
 
 Both classes retry a command on a connection error or timeout with bounded exponential
 back-off (the client reconnects on the next attempt), then raise. Every command is safe to
-repeat: the dedup claim is a Lua script that recognises its own earlier claim, and the
-status write is a compare-and-set on the reading's event time.
+repeat: the delivery claim is a Lua script that recognises its own earlier claim, and the
+status write is a compare-and-set on the reading's event time. :class:`RedisHealth` turns
+the raised errors into one log line per outage and the ``pm_redis_up`` gauge, for callers
+that carry on without Redis.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import time
-import uuid
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
@@ -19,17 +21,27 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from connectors import metrics
 from models.schemas import Prediction, ms_to_iso
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 RETRYABLE_ERRORS = (redis.ConnectionError, redis.TimeoutError)
 
-# Claim KEYS[1] with token ARGV[1] for ARGV[2] seconds. 1 if the key is ours: newly set, or
-# already holding our token (a retried call whose first reply was lost), else 0.
+# KEYS[1] = the "delivered" mark, KEYS[2] = the lease; ARGV[1] = token, ARGV[2] = lease ms.
+# 2 if already delivered; 1 if the lease is ours (newly set, or holding our token: a retried
+# call whose first reply was lost); 0 if someone else holds it.
 _CLAIM = """
-if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', tonumber(ARGV[2])) then return 1 end
-if redis.call('GET', KEYS[1]) == ARGV[1] then return 1 end
+if redis.call('EXISTS', KEYS[1]) == 1 then return 2 end
+if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', tonumber(ARGV[2])) then return 1 end
+if redis.call('GET', KEYS[2]) == ARGV[1] then return 1 end
+return 0
+"""
+
+# Drop the lease KEYS[1] if it still holds our token ARGV[1].
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
 
@@ -97,41 +109,94 @@ class _RedisBase:
         self.client.close()
 
 
-class RedisDeduper(_RedisBase):
-    """Send-once guard for alert notifications: ``first_time(alert_id)`` is True for exactly
-    one caller per ``ttl_s`` across all workers and restarts; ``release`` undoes a claim
-    whose notification failed, so a later attempt may send it."""
+class RedisHealth:
+    """Up/down bookkeeping for a Redis client that degrades instead of failing: one
+    warning when an outage starts, one line when it ends, ``pm_redis_up{client}`` and
+    ``pm_redis_errors_total{client}``; ``should_try`` spaces out probes while down."""
+
+    def __init__(self, client: str, probe_s: float = 2.0) -> None:
+        self.client = client
+        self.probe_s = probe_s
+        self.up = True
+        self.outages = 0
+        self._down_since = 0.0
+        self._next_probe = 0.0
+        metrics.REDIS_UP.labels(client).set(1)
+
+    def should_try(self, now: float | None = None) -> bool:
+        return self.up or (time.monotonic() if now is None else now) >= self._next_probe
+
+    def failed(self, exc: BaseException) -> None:
+        now = time.monotonic()
+        metrics.REDIS_ERRORS.labels(self.client).inc()
+        self._next_probe = now + self.probe_s
+        if self.up:
+            self.up, self._down_since = False, now
+            self.outages += 1
+            metrics.REDIS_UP.labels(self.client).set(0)
+            log.warning("redis (%s) unavailable: %s: %s; carrying on without it, probing every "
+                        "%.0f s", self.client, type(exc).__name__, exc, self.probe_s)  # fmt: skip
+
+    def ok(self) -> None:
+        if not self.up:
+            self.up = True
+            metrics.REDIS_UP.labels(self.client).set(1)
+            log.warning("redis (%s) back after %.1f s", self.client,
+                        time.monotonic() - self._down_since)  # fmt: skip
+
+
+CLAIMED, TAKEN, DONE = "claimed", "taken", "done"
+
+
+class RedisDeliveryMarks(_RedisBase):
+    """Claim-then-confirm marks per (alert id, target) for alert delivery without a
+    database: ``claim`` takes a short lease unless the pair is marked delivered,
+    ``confirm`` marks it delivered for ``done_ttl_s``, ``release`` gives a lease back.
+    A sender that dies loses only its lease: another sends once it expires."""
 
     def __init__(
         self,
         url: str,
-        ttl_s: int = 7 * 24 * 3600,
-        prefix: str = "pm:alert:",
+        done_ttl_s: int = 7 * 24 * 3600,
+        prefix: str = "pm:delivery:",
         *,
-        retry_attempts: int = 5,
+        retry_attempts: int = 1,
         retry_initial_s: float = 0.1,
-        retry_max_s: float = 2.0,
-        socket_timeout_s: float = 5.0,
+        retry_max_s: float = 1.0,
+        socket_timeout_s: float = 2.0,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         super().__init__(url, retry_attempts, retry_initial_s, retry_max_s, socket_timeout_s, sleep)
-        self.ttl_s = ttl_s
+        self.done_ttl_s = done_ttl_s
         self.prefix = prefix
         self._claim = self.client.register_script(_CLAIM)
+        self._release = self.client.register_script(_RELEASE)
 
-    def key(self, alert_id: str) -> str:
-        return self.prefix + alert_id
+    def keys(self, alert_id: str, target: str) -> tuple[str, str]:
+        base = f"{self.prefix}{alert_id}:{target}"
+        return base + ":done", base + ":lease"
 
-    def first_time(self, alert_id: str) -> bool:
-        """Claim ``alert_id``: True if no one had claimed it within the TTL."""
-        token = uuid.uuid4().hex  # same token on every retry of this call
-        return self._call(
-            lambda: bool(self._claim(keys=[self.key(alert_id)], args=[token, self.ttl_s]))
-        )
+    def claim(self, alert_id: str, target: str, token: str, lease_s: float) -> str:
+        """``claimed`` (ours to send), ``taken`` (someone else's lease) or ``done``."""
+        keys = list(self.keys(alert_id, target))
+        ms = max(1, int(lease_s * 1000))
+        result = self._call(lambda: int(self._claim(keys=keys, args=[token, ms])))
+        return {1: CLAIMED, 2: DONE}.get(result, TAKEN)
 
-    def release(self, alert_id: str) -> None:
-        """Forget a claim (e.g. the notification could not be sent)."""
-        self._call(lambda: self.client.delete(self.key(alert_id)))
+    def confirm(self, alert_id: str, target: str) -> None:
+        done, lease = self.keys(alert_id, target)
+
+        def run() -> None:
+            pipe = self.client.pipeline(transaction=True)
+            pipe.set(done, "1", ex=self.done_ttl_s)
+            pipe.delete(lease)
+            pipe.execute()
+
+        self._call(run)
+
+    def release(self, alert_id: str, target: str, token: str) -> None:
+        lease = self.keys(alert_id, target)[1]
+        self._call(lambda: self._release(keys=[lease], args=[token]))
 
 
 class RedisStatusStore(_RedisBase):

@@ -236,7 +236,8 @@ def _service_outputs(
     if urls:
         from connectors.flow_sinks import AlertNotifySink
 
-        op.output("notify_alerts", alert_values, AlertNotifySink(urls, redis_url))
+        notify = AlertNotifySink(urls, database_url, redis_url, settings.alert_delivery)
+        op.output("notify_alerts", alert_values, notify)
     return bool(database_url or redis_url or urls) or bool(
         kafka_out or (kafka_out is None and settings.source == "kafka")
     )

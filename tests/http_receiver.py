@@ -8,7 +8,10 @@
 
 ``status`` is the code answered to every request; ``queue_statuses([500, 500])`` makes
 the next requests get those codes first (then ``status`` again); ``delay_s`` holds each
-answer back (to test client timeouts).
+answer back (to test client timeouts). ``hang()`` makes it accept connections and read
+requests but never answer them (a hanging endpoint) until ``unhang()``; those requests are
+counted in ``hung`` and not recorded as answered. ``port`` picks the port (e.g. to restart a
+receiver where a stopped one was).
 """
 
 from __future__ import annotations
@@ -38,13 +41,18 @@ class ReceivedRequest:
 class HttpReceiver:
     """Threaded HTTP server on a free loopback port; records every request it answers."""
 
-    def __init__(self, status: int = 200, host: str = "127.0.0.1", delay_s: float = 0.0) -> None:
+    def __init__(
+        self, status: int = 200, host: str = "127.0.0.1", delay_s: float = 0.0, port: int = 0
+    ) -> None:
         self.status = status
         self.delay_s = delay_s
+        self.hung = 0
         self._queued: list[int] = []
         self._requests: list[ReceivedRequest] = []
         self._cond = threading.Condition()
-        self._server = ThreadingHTTPServer((host, 0), self._handler_class())
+        self._released = threading.Event()
+        self._released.set()
+        self._server = ThreadingHTTPServer((host, port), self._handler_class())
         self._server.daemon_threads = True
         host_, port_ = self._server.server_address[:2]
         self.host, self.port = str(host_), int(port_)
@@ -61,6 +69,7 @@ class HttpReceiver:
         return self
 
     def stop(self) -> None:
+        self._released.set()
         if self._thread is not None:
             self._server.shutdown()
             self._thread.join(timeout=5)
@@ -86,6 +95,14 @@ class HttpReceiver:
         return f"{scheme}://{self.host}:{self.port}{path}"
 
     # -- behaviour and records --
+    def hang(self) -> None:
+        """From now on, read each request and never answer it (until ``unhang``)."""
+        self._released.clear()
+
+    def unhang(self) -> None:
+        """Answer requests again; the hung ones are dropped without an answer."""
+        self._released.set()
+
     def queue_statuses(self, statuses: list[int]) -> None:
         with self._cond:
             self._queued.extend(statuses)
@@ -126,6 +143,13 @@ class HttpReceiver:
             def _handle(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
+                if not receiver._released.is_set():
+                    with receiver._cond:
+                        receiver.hung += 1
+                        receiver._cond.notify_all()
+                    receiver._released.wait()
+                    self.close_connection = True
+                    return
                 status = receiver._answer(self.command, self.path, dict(self.headers), body)
                 if receiver.delay_s:
                     time.sleep(receiver.delay_s)

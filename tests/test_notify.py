@@ -1,19 +1,18 @@
-"""Alert delivery through Apprise's json:// plugin to a real HTTP receiver on 127.0.0.1."""
+"""Sending alerts through Apprise's json:// plugin to a real HTTP receiver on 127.0.0.1
+(who sends what, once, is tested in test_alert_delivery)."""
 
 from __future__ import annotations
 
 import logging
 import socket
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import replace
 
 import pytest
 
-from alerting.notify import AlertDispatcher, AppriseNotifier, MemoryDeduper
-from alerting.rules import AlertState, Thresholds, evaluate
-from models.schemas import Alert, Prediction
+from alerting.notify import AppriseNotifier, Message, fingerprint, render
+from models.schemas import Alert
 from tests.http_receiver import HttpReceiver
 
 
@@ -192,109 +191,42 @@ def test_invalid_url_is_rejected_at_construction_naming_it_without_secrets() -> 
     assert "token" not in str(err.value)
 
 
-# --- MemoryDeduper -------------------------------------------------------------------------
+# --- one attempt per target: send() --------------------------------------------------------
 
 
-def test_memory_deduper_is_bounded_and_evicts_oldest() -> None:
-    d = MemoryDeduper(max_ids=3)
-    assert [d.first_time(x) for x in "abcd"] == [True] * 4
-    assert len(d) == 3
-    assert d.first_time("a") is True  # "a" was evicted
-    assert d.first_time("d") is False
-    d.release("d")
-    assert d.first_time("d") is True
-
-
-def test_memory_deduper_claims_once_under_threads() -> None:
-    d = MemoryDeduper()
-    results: list[bool] = []
-    barrier = threading.Barrier(8)
-
-    def claim() -> None:
-        barrier.wait()
-        results.append(d.first_time("same-id"))
-
-    threads = [threading.Thread(target=claim) for _ in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert sorted(results) == [False] * 7 + [True]
-
-
-# --- AlertDispatcher -----------------------------------------------------------------------
-
-
-def test_dispatch_sends_each_alert_id_once(receiver: HttpReceiver) -> None:
-    dispatcher = AlertDispatcher(fast_notifier([receiver.apprise_url("/h")]), MemoryDeduper())
-    a, b = make_alert(), make_alert(alert_id="fedcba9876543210", state="escalated")
-    assert dispatcher.dispatch([a, a, b]) == 2
-    assert dispatcher.dispatch([a, b]) == 0
-    assert len(receiver.requests) == 2
-    assert [r.json["title"].split()[-1] for r in receiver.requests] == [
-        "firing",
-        "escalated",
-    ]
-
-
-def test_failed_delivery_releases_the_id_so_a_later_dispatch_retries() -> None:
-    with HttpReceiver(status=500) as rx:
-        dispatcher = AlertDispatcher(
-            fast_notifier([rx.apprise_url("/h")], retries=1), MemoryDeduper()
-        )
-        alert = make_alert()
-        assert dispatcher.dispatch([alert]) == 0
-        assert len(rx.requests) == 2  # first try + one retry, both 500
-
+def test_send_reports_success_or_the_reason_without_secrets() -> None:
+    with HttpReceiver(status=503) as rx:
+        url = f"json://user:hunter2@{rx.host}:{rx.port}/h"
+        notifier = AppriseNotifier([url], timeout_s=2.0, retries=0)
+        (fp,) = notifier.fingerprints
+        assert fp == fingerprint(url) and "hunter2" not in fp
+        assert "hunter2" not in notifier.label(fp)
+        error = notifier.send(fp, render(make_alert()))
+        assert error is not None and "503" in error
+        assert "hunter2" not in error
         rx.status = 200
-        assert dispatcher.dispatch([alert]) == 1
-        assert dispatcher.dispatch([alert]) == 0
-        assert [r.status for r in rx.requests] == [500, 500, 200]
+        assert notifier.send(fp, render(make_alert())) is None
+        assert [r.status for r in rx.requests] == [503, 200]
+        unknown = "0" * 16
+        assert notifier.send(unknown, render(make_alert())) == f"target {unknown} is not configured"
 
 
-class _Exploding:
-    def notify(self, alert: Alert) -> bool:
-        raise RuntimeError("boom")
+def test_send_to_a_hanging_endpoint_returns_after_the_timeout() -> None:
+    with HttpReceiver() as rx:
+        rx.hang()
+        notifier = AppriseNotifier([rx.apprise_url("/h")], timeout_s=0.5, retries=0)
+        error = notifier.send(notifier.fingerprints[0], render(make_alert()))
+        assert error is not None and "onnection" in error
+        assert rx.hung == 1 and rx.requests == []
 
 
-def test_notifier_exception_releases_the_claim() -> None:
-    deduper = MemoryDeduper()
-    dispatcher = AlertDispatcher(_Exploding(), deduper)
-    with pytest.raises(RuntimeError):
-        dispatcher.dispatch([make_alert()])
-    assert deduper.first_time(make_alert().alert_id) is True
-
-
-def test_replayed_predictions_notify_nothing_twice(receiver: HttpReceiver) -> None:
-    """Rules → dispatcher → HTTP: a replay from fresh state yields the same ids."""
-    th = Thresholds()
-    healths = [0.9, 0.6, 0.6, 0.3, 0.3, 0.95, 0.9]
-    preds = [
-        Prediction(
-            equipment_id="turbofan-0007",
-            equipment_type="turbofan_engine",
-            ts_ms=1_795_770_000_000 + i * 60_000,
-            rul=None,
-            rul_unit="cycles",
-            rul_hours=None,
-            rul_lower=None,
-            rul_upper=None,
-            health=h,
-            anomaly_score=0.1,
-            status="ok",
-            model_name="m",
-            model_version="1",
-        )
-        for i, h in enumerate(healths)
-    ]
-    dispatcher = AlertDispatcher(fast_notifier([receiver.apprise_url("/h")]), MemoryDeduper())
-    for _run in range(2):
-        state = AlertState()
-        for p in preds:
-            dispatcher.dispatch(evaluate(state, p, th))
-    titles = [r.json["title"] for r in receiver.requests]
-    assert titles == [
-        "[WARNING] turbofan-0007 health_low firing",
-        "[CRITICAL] turbofan-0007 health_low escalated",
-        "[RESOLVED] turbofan-0007 health_low resolved (was critical)",
-    ]
+def test_rendered_message_round_trips_through_json_and_is_what_is_sent(
+    receiver: HttpReceiver,
+) -> None:
+    message = render(make_alert(equipment_id="pump-\x00\ud800"))
+    assert "\x00" not in message.title and "\ud800" not in message.title
+    message.title.encode("utf-8")  # valid UTF-8
+    assert Message.from_json(message.to_json()) == message
+    notifier = fast_notifier([receiver.apprise_url("/h")])
+    assert notifier.send(notifier.fingerprints[0], message) is None
+    assert receiver.wait_for(1)[0].json["title"] == message.title

@@ -1,5 +1,5 @@
-"""Tests of RedisDeduper and RedisStatusStore; integration tests use PM_TEST_REDIS_URL,
-each with its own key prefix (keys deleted afterwards)."""
+"""Tests of RedisDeliveryMarks, RedisHealth and RedisStatusStore; integration tests use
+PM_TEST_REDIS_URL, each with its own key prefix (keys deleted afterwards)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,15 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from connectors.redis_state import RedisDeduper, RedisStatusStore
+from connectors import metrics
+from connectors.redis_state import (
+    CLAIMED,
+    DONE,
+    TAKEN,
+    RedisDeliveryMarks,
+    RedisHealth,
+    RedisStatusStore,
+)
 from models.schemas import Prediction
 
 integration = pytest.mark.integration
@@ -58,64 +66,53 @@ def prediction(equipment_id: str, ts_ms: int, health: float, **kw: object) -> Pr
     return Prediction(**fields)  # type: ignore[arg-type]
 
 
-# -- dedup -----------------------------------------------------------------------------
+# -- delivery marks ----------------------------------------------------------------------
 
 
 @integration
-def test_first_time_is_true_once_across_instances_with_ttl(redis_url: str, prefix: str) -> None:
-    worker_a = RedisDeduper(redis_url, ttl_s=3600, prefix=prefix)
-    worker_b = RedisDeduper(redis_url, ttl_s=3600, prefix=prefix)
-    assert worker_a.first_time("alert-1") is True
-    assert worker_a.first_time("alert-1") is False
-    assert worker_b.first_time("alert-1") is False  # another worker, or after a restart
-    assert worker_b.first_time("alert-2") is True
-    assert 3590 <= worker_a.client.ttl(prefix + "alert-1") <= 3600
+def test_claim_is_exclusive_until_confirmed_or_released(redis_url: str, prefix: str) -> None:
+    worker_a = RedisDeliveryMarks(redis_url, prefix=prefix, done_ttl_s=3600)
+    worker_b = RedisDeliveryMarks(redis_url, prefix=prefix)
+    assert worker_a.claim("alert-1", "t1", "tok-a", 60) == CLAIMED
+    assert worker_a.claim("alert-1", "t1", "tok-a", 60) == CLAIMED  # a retried call
+    assert worker_b.claim("alert-1", "t1", "tok-b", 60) == TAKEN
+    assert worker_b.claim("alert-1", "t2", "tok-b", 60) == CLAIMED  # another target
+    worker_b.release("alert-1", "t2", "tok-a")  # not its token: no effect
+    assert worker_a.claim("alert-1", "t2", "tok-c", 60) == TAKEN
+    worker_b.release("alert-1", "t2", "tok-b")
+    assert worker_a.claim("alert-1", "t2", "tok-c", 60) == CLAIMED
+    worker_a.confirm("alert-1", "t1")
+    assert worker_b.claim("alert-1", "t1", "tok-b", 60) == DONE
+    done, lease = worker_a.keys("alert-1", "t1")
+    assert worker_a.client.exists(lease) == 0
+    assert 3590 <= worker_a.client.ttl(done) <= 3600
 
 
 @integration
-def test_release_lets_the_alert_be_claimed_again(redis_url: str, prefix: str) -> None:
-    d = RedisDeduper(redis_url, prefix=prefix)
-    assert d.first_time("a") is True
-    d.release("a")
-    assert d.client.exists(prefix + "a") == 0
-    assert d.first_time("a") is True
-    assert d.first_time("a") is False
-
-
-@integration
-def test_claim_expires_after_ttl(redis_url: str, prefix: str) -> None:
-    d = RedisDeduper(redis_url, ttl_s=1, prefix=prefix)
-    assert d.first_time("a") is True
-    time.sleep(1.2)
-    assert d.first_time("a") is True
-
-
-@integration
-def test_retried_claim_recognises_its_own_token(redis_url: str, prefix: str) -> None:
-    """A claim whose reply was lost is repeated with the same token and still wins."""
-    d = RedisDeduper(redis_url, prefix=prefix)
-    key = prefix + "a"
-    assert d._claim(keys=[key], args=["token-1", 60]) == 1
-    assert d._claim(keys=[key], args=["token-1", 60]) == 1  # the retry
-    assert d._claim(keys=[key], args=["token-2", 60]) == 0  # anyone else
+def test_a_dead_senders_lease_expires(redis_url: str, prefix: str) -> None:
+    marks = RedisDeliveryMarks(redis_url, prefix=prefix)
+    assert marks.claim("a", "t", "dead-process", 0.3) == CLAIMED
+    assert marks.claim("a", "t", "new-process", 0.3) == TAKEN
+    time.sleep(0.5)
+    assert marks.claim("a", "t", "new-process", 0.3) == CLAIMED
 
 
 @integration
 def test_reconnects_after_the_connection_is_killed(redis_url: str, prefix: str) -> None:
-    d = RedisDeduper(redis_url, prefix=prefix, retry_initial_s=0.01)
-    assert d.first_time("a") is True
+    d = RedisDeliveryMarks(redis_url, prefix=prefix, retry_initial_s=0.01)
+    assert d.claim("a", "t", "x", 60) == CLAIMED
     admin = redis.Redis.from_url(redis_url)
     old_id = d.client.client_id()
     assert admin.client_kill_filter(_id=str(old_id)) == 1
-    assert d.first_time("b") is True
+    assert d.claim("b", "t", "x", 60) == CLAIMED
     assert d.client.client_id() != old_id  # a new connection
-    assert d.first_time("a") is False
+    assert d.claim("a", "t", "y", 60) == TAKEN
     admin.close()
 
 
 def test_unreachable_server_raises_after_bounded_retries() -> None:
     sleeps: list[float] = []
-    d = RedisDeduper(
+    d = RedisDeliveryMarks(
         "redis://127.0.0.1:1/0",
         retry_attempts=4,
         retry_initial_s=0.1,
@@ -124,9 +121,31 @@ def test_unreachable_server_raises_after_bounded_retries() -> None:
         sleep=sleeps.append,
     )
     with pytest.raises(redis.ConnectionError):
-        d.first_time("a")
+        d.claim("a", "t", "x", 1)
     assert sleeps == [0.1, 0.2, 0.25, 0.25]
     assert d.retries == 4
+
+
+def test_health_logs_once_per_outage_and_sets_the_gauge(caplog: pytest.LogCaptureFixture) -> None:
+    name = f"test-{uuid.uuid4().hex[:6]}"
+    gauge = metrics.REDIS_UP.labels(name)
+    errors = metrics.REDIS_ERRORS.labels(name)
+    health = RedisHealth(name, probe_s=0.2)
+    assert gauge._value.get() == 1 and health.should_try()
+    with caplog.at_level("WARNING", logger="connectors.redis_state"):
+        for _ in range(3):
+            health.failed(redis.ConnectionError("refused"))
+        assert not health.should_try()
+        time.sleep(0.25)
+        assert health.should_try()
+        health.ok()
+        health.ok()
+        health.failed(redis.ConnectionError("refused again"))
+    lines = [r.getMessage() for r in caplog.records]
+    assert sum("unavailable" in m for m in lines) == 2, lines
+    assert sum("back after" in m for m in lines) == 1, lines
+    assert health.outages == 2 and gauge._value.get() == 0
+    assert errors._value.get() == 4
 
 
 # -- status ------------------------------------------------------------------------------
