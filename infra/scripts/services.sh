@@ -9,7 +9,8 @@
 #   services.sh status   one line per service; exit 0 when all three answer
 #
 # Ports: PM_KAFKA_PORT (9092), PM_KAFKA_CONTROLLER_PORT (9093), PM_PG_PORT (5432),
-# PM_REDIS_PORT (6379). Data, logs and pid files live under PM_SERVICES_DIR (<repo>/.services).
+# PM_REDIS_PORT (6379), PM_TSDB_PORT (55434, the in-memory TimescaleDB for tests of
+# timescaledb.sh). Data, logs and pid files live under PM_SERVICES_DIR (<repo>/.services).
 # Use the env file with:  set -a; . .services/env; set +a
 set -euo pipefail
 # shellcheck source=lib.sh
@@ -21,6 +22,8 @@ env_lines() {
   printf 'PM_TEST_KAFKA_BROKERS=%s:%s\n' "$PM_HOST" "${PM_KAFKA_PORT:-9092}"
   printf 'PM_TEST_DATABASE_URL=postgresql://pm:pm@%s:%s/pm\n' "$PM_HOST" "${PM_PG_PORT:-5432}"
   printf 'PM_TEST_REDIS_URL=redis://%s:%s/0\n' "$PM_HOST" "${PM_REDIS_PORT:-6379}"
+  printf 'PM_TEST_TIMESCALE_URL=postgresql://postgres:postgres@%s:%s/postgres?sslmode=disable\n' \
+    "$PM_HOST" "${PM_TSDB_PORT:-55434}"
 }
 
 status_all() {
@@ -28,20 +31,26 @@ status_all() {
   "$PM_SCRIPTS_DIR/kafka.sh" status || rc=1
   "$PM_SCRIPTS_DIR/postgres.sh" status || rc=1
   "$PM_SCRIPTS_DIR/redis.sh" status || rc=1
+  "$PM_SCRIPTS_DIR/timescaledb.sh" status || rc=1
   return $rc
 }
 
 up() {
   local t0 kafka_out="$PM_SVC_DIR/kafka-start.out" kpid failed=()
+  local tsdb_out="$PM_SVC_DIR/tsdb-start.out" tpid
   t0="$(date +%s%N)"
   # Kafka is the slow one (JVM, first-run jar download): start it in the background.
   "$PM_SCRIPTS_DIR/kafka.sh" start >"$kafka_out" 2>&1 &
   kpid=$!
+  # TimescaleDB (Node, first-run npm ci) too.
+  "$PM_SCRIPTS_DIR/timescaledb.sh" start >"$tsdb_out" 2>&1 &
+  tpid=$!
   "$PM_SCRIPTS_DIR/postgres.sh" start || failed+=(postgres)
   "$PM_SCRIPTS_DIR/redis.sh" start || failed+=(redis)
   wait "$kpid" || failed+=(kafka)
-  cat "$kafka_out"
-  rm -f "$kafka_out"
+  wait "$tpid" || failed+=(timescaledb)
+  cat "$kafka_out" "$tsdb_out"
+  rm -f "$kafka_out" "$tsdb_out"
   log ""
   log "== services up in $(ms_since "$t0") ms =="
   status_all || true
@@ -61,6 +70,7 @@ down() {
   kpid=$!
   "$PM_SCRIPTS_DIR/postgres.sh" stop || rc=1
   "$PM_SCRIPTS_DIR/redis.sh" stop || rc=1
+  "$PM_SCRIPTS_DIR/timescaledb.sh" stop || rc=1
   wait "$kpid" || rc=1
   rm -f "$ENV_FILE"
   return $rc
