@@ -1,6 +1,6 @@
 """Shared fixtures. Integration tests find the services `make test` started through
-PM_TEST_KAFKA_BROKERS, PM_TEST_DATABASE_URL and PM_TEST_REDIS_URL; with PM_REQUIRE_SERVICES=1
-(as `make test` sets) a missing address is an error instead of a skip."""
+PM_TEST_KAFKA_BROKERS, PM_TEST_DATABASE_URL, PM_TEST_REDIS_URL and PM_TEST_TIMESCALE_URL; with
+PM_REQUIRE_SERVICES=1 (as `make test` sets) a missing address is an error instead of a skip."""
 
 from __future__ import annotations
 
@@ -11,7 +11,12 @@ from pathlib import Path
 
 import pytest
 
-SERVICE_ENV = ("PM_TEST_KAFKA_BROKERS", "PM_TEST_DATABASE_URL", "PM_TEST_REDIS_URL")
+SERVICE_ENV = (
+    "PM_TEST_KAFKA_BROKERS",
+    "PM_TEST_DATABASE_URL",
+    "PM_TEST_REDIS_URL",
+    "PM_TEST_TIMESCALE_URL",
+)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -54,6 +59,23 @@ def fresh_db(admin_url: str) -> Iterator[str]:
     finally:
         with psycopg.connect(admin_url, autocommit=True) as conn:
             conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@pytest.fixture
+def fresh_tsdb() -> Iterator[str]:
+    """DSN of the TimescaleDB test server (PM_TEST_TIMESCALE_URL), emptied, for this test only.
+
+    The server (infra/scripts/timescaledb.sh) has one in-memory database and no COPY: use it
+    for the schema and queries, not for the COPY writer.
+    """
+    from tests.timescale import exclusive, reset
+
+    url = os.environ.get("PM_TEST_TIMESCALE_URL")
+    if not url:
+        pytest.skip("PM_TEST_TIMESCALE_URL is not set: no TimescaleDB server to test against")
+    with exclusive(url):
+        reset(url)
+        yield url
 
 
 @pytest.fixture(scope="session")

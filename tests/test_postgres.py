@@ -146,11 +146,24 @@ def test_concurrent_migrators_apply_each_file_once(fresh_db: str) -> None:
     assert sorted(results[0] + results[1]) == [p.stem for p in migration_files()]
 
 
+@pytest.fixture(params=["postgresql", "timescaledb"])
+def any_db(request: pytest.FixtureRequest) -> str:
+    """A fresh migrated database on each schema path: the PostgreSQL 15 server (plain path
+    unless it has the extension) and the TimescaleDB test server (PM_TEST_TIMESCALE_URL)."""
+    fixture = "fresh_db" if request.param == "postgresql" else "fresh_tsdb"
+    dsn = str(request.getfixturevalue(fixture))
+    apply_migrations(dsn)
+    return dsn
+
+
 @integration
-def test_storage_path_is_recorded_and_matches_the_schema(db: str) -> None:
+def test_storage_path_is_recorded_and_matches_the_schema(any_db: str) -> None:
+    db = any_db
     feats = schema_features(db)
     assert {"hypertable", "compression", "retention", "continuous_aggregate"} <= set(feats)
     path = storage_path(db)
+    if db == os.environ.get("PM_TEST_TIMESCALE_URL"):
+        assert path == "timescaledb"
     tsdb_installed = query(
         db, "SELECT count(*) FROM pg_available_extensions WHERE name = 'timescaledb'"
     )[0][0]
@@ -175,6 +188,12 @@ def test_storage_path_is_recorded_and_matches_the_schema(db: str) -> None:
             "predictions",
             "alerts",
         } <= hypertables
+        assert all(feats[f][0] for f in ("hypertable", "compression", "continuous_aggregate"))
+        assert query(
+            db,
+            "SELECT count(*) FROM timescaledb_information.continuous_aggregates"
+            " WHERE view_name = 'health_hourly'",
+        ) == [(1,)]
 
 
 @integration
