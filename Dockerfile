@@ -46,7 +46,7 @@ USER pm
 ENV PM_RECOVERY_PARTITIONS=4 \
     PM_SQL_DIR=/app/infra/sql
 
-# Prometheus metrics when PM_METRICS_PORT=9100.
+# /metrics, /healthz and /readyz when PM_METRICS_PORT=9100 (PM_METRICS_ADDRESS=0.0.0.0 in a container).
 EXPOSE 9100
 
 # SIGINT (KeyboardInterrupt) stops Python even as PID 1, where an unhandled SIGTERM is

@@ -39,8 +39,20 @@ Stored = Reading | Prediction | Alert
 
 
 class _PostgresPartition(StatefulSinkPartition[Stored, None]):
-    def __init__(self, writer: PostgresWriter) -> None:
+    """One writer; its outages show in ``pm_sink_up``, ``pm_sink_retries_total`` and
+    ``pm_sink_backlog_rows`` while they last (the worker is blocked, the metrics server is
+    not)."""
+
+    def __init__(self, writer: PostgresWriter, part: str = "pg-0") -> None:
         self.writer = writer
+        self.part = part
+        writer.on_state = self._on_state
+        metrics.sink_state("postgres", part, True, 0)
+
+    def _on_state(self, up: bool, held: int, retried: bool) -> None:
+        metrics.sink_state("postgres", self.part, up, held)
+        if retried:
+            metrics.SINK_RETRIES.labels("postgres").inc()
 
     def write_batch(self, values: list[Stored]) -> None:
         readings = [v for v in values if isinstance(v, Reading)]
@@ -84,11 +96,15 @@ class PostgresSink(FixedPartitionedSink[Stored, None]):
         buffer_size: int = 1000,
         write_interval_s: float = 10.0,
         partitions: int = 2,
+        statement_timeout_s: float = 60.0,
+        lock_timeout_s: float = 10.0,
     ) -> None:
         self.dsn = dsn
         self.buffer_size = buffer_size
         self.write_interval_s = write_interval_s
         self.partitions = partitions
+        self.statement_timeout_s = statement_timeout_s
+        self.lock_timeout_s = lock_timeout_s
 
     def list_parts(self) -> list[str]:
         return [f"pg-{i}" for i in range(self.partitions)]
@@ -102,8 +118,10 @@ class PostgresSink(FixedPartitionedSink[Stored, None]):
             buffer_size=self.buffer_size,
             write_interval_s=self.write_interval_s,
             application_name=f"pm-flow-{for_part}",
+            statement_timeout_s=self.statement_timeout_s,
+            lock_timeout_s=self.lock_timeout_s,
         )
-        return _PostgresPartition(writer)
+        return _PostgresPartition(writer, for_part)
 
 
 class _StatusPartition(StatelessSinkPartition[Prediction]):

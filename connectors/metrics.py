@@ -1,13 +1,14 @@
 """Prometheus metrics of the flow (prometheus_client default registry).
 
-They are served on ``/metrics`` with Bytewax's own metrics when ``PM_METRICS_PORT`` is set
-(see :func:`serve`). Names and labels are part of the interface: dashboards and alert rules
-under ``infra/`` use them.
+They are served on ``/metrics`` (with ``/healthz`` and ``/readyz``) by
+:mod:`connectors.health` when ``PM_METRICS_PORT`` is set, on ``PM_METRICS_ADDRESS``
+(127.0.0.1 by default). Names and labels are part of the interface: dashboards and alert
+rules under ``infra/`` use them.
 """
 
 from __future__ import annotations
 
-import os
+import threading
 
 from prometheus_client import Counter, Gauge, Histogram
 
@@ -37,6 +38,11 @@ SINK_BATCH = Histogram(
 )  # fmt: skip
 SINK_SECONDS = Histogram("pm_sink_write_seconds", "Sink write latency", ["sink"])
 SINK_ERRORS = Counter("pm_sink_errors_total", "Sink write errors (retried)", ["sink"])
+SINK_UP = Gauge("pm_sink_up", "1 while a sink's writes succeed, 0 during an outage", ["sink"])
+SINK_RETRIES = Counter("pm_sink_retries_total", "Sink writes retried after a failure", ["sink"])
+SINK_BACKLOG = Gauge(
+    "pm_sink_backlog_rows", "Rows a sink holds while it cannot write them", ["sink"]
+)
 MODEL_INFO = Gauge("pm_model_info", "Model in use (value 1)", ["equipment_type", "name", "version"])
 MODEL_RELOADS = Counter("pm_model_reloads_total", "Model reload attempts", ["result"])
 ANOMALY_SCORE = Histogram(
@@ -86,11 +92,24 @@ def type_label(equipment_type: str) -> str:
     return equipment_type if equipment_type in EQUIPMENT_TYPES else "other"
 
 
-def serve(port: int) -> None:
-    """Expose ``/metrics`` through Bytewax's built-in API server (which also serves the
-    whole prometheus_client registry). Must run before the dataflow starts."""
-    os.environ["BYTEWAX_DATAFLOW_API_ENABLED"] = "1"
-    os.environ["BYTEWAX_DATAFLOW_API_PORT"] = str(port)
+_sink_parts: dict[str, dict[str, tuple[bool, int]]] = {}
+_sink_lock = threading.Lock()
+
+
+def sink_state(sink: str, part: str, up: bool, backlog: int) -> None:
+    """Record whether one partition of a sink can write, and how many rows it holds.
+    ``pm_sink_up`` is 0 while any partition of the sink is down; the backlog is their sum."""
+    with _sink_lock:
+        parts = _sink_parts.setdefault(sink, {})
+        parts[part] = (up, backlog)
+        SINK_UP.labels(sink).set(int(all(u for u, _ in parts.values())))
+        SINK_BACKLOG.labels(sink).set(sum(n for _, n in parts.values()))
+
+
+def sinks_down() -> list[str]:
+    """The sinks with a partition whose last write attempt failed."""
+    with _sink_lock:
+        return sorted(s for s, p in _sink_parts.items() if not all(u for u, _ in p.values()))
 
 
 def sink_observer(sink: str, n: int, seconds: float) -> None:

@@ -9,9 +9,14 @@ upserted in the same transaction (first_seen / last_seen widened, type filled in
 Faults: a lost or unreachable database (``OperationalError``, ``InterfaceError``, a
 serialization failure or deadlock) makes ``flush()`` roll back, reconnect and retry with
 exponential back-off, blocking the caller meanwhile and keeping every buffered item: the
-stream stops consuming instead of dropping data. Any other database error (bad data, a
-missing table) is raised at once, the buffers kept. ``max_buffer`` bounds memory: an add_*
-call that fills it flushes synchronously before returning.
+stream stops consuming instead of dropping data. The first failure is logged at once (a
+WARNING naming the error and the rows held), the outage again every 30 s, and the recovery
+with its duration and the rows written; ``on_state`` reports each change for metrics.
+Every connection sets ``statement_timeout`` and ``lock_timeout``, so a locked table or a
+stuck statement becomes a retried ``QueryCanceled``/``LockNotAvailable`` instead of a hang.
+Any other database error (bad data, a missing table) is raised at once, the buffers kept.
+``max_buffer`` bounds memory: an add_* call that fills it flushes synchronously before
+returning. Messages never carry the DSN's password.
 
 Not thread-safe: one writer per worker.
 """
@@ -21,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import random
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -32,6 +38,7 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import set_json_dumps
 
+from models.logsafe import redact
 from models.schemas import Alert, Prediction, Reading
 from models.schemas import finite as _finite
 from models.schemas import json_default as _json_default
@@ -40,6 +47,12 @@ FeatureRow = tuple[str, int, str, np.ndarray]
 """(equipment_id, ts_ms, feature_set, features) as given to ``add_features``."""
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+log = logging.getLogger(__name__)
+
+OUTAGE_LOG_EVERY_S = 30.0
+StateHook = Callable[[bool, int, bool], None]
+"""``on_state(up, rows_held, retried)``: after a failed attempt (False, held, True) and
+after each successful flush (True, 0, False)."""
 
 RETRYABLE_ERRORS: tuple[type[Exception], ...] = (
     psycopg.OperationalError,  # includes AdminShutdown, connection failures, disk full
@@ -196,6 +209,9 @@ class PostgresWriter:
         max_retry_total_s: float | None = None,
         connect_timeout_s: int = 5,
         application_name: str = "pm-writer",
+        statement_timeout_s: float = 60.0,
+        lock_timeout_s: float = 10.0,
+        on_state: StateHook | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         if buffer_size < 1 or max_buffer < buffer_size:
@@ -211,6 +227,9 @@ class PostgresWriter:
         self.max_retry_total_s = max_retry_total_s
         self.connect_timeout_s = connect_timeout_s
         self.application_name = application_name
+        self.statement_timeout_s = statement_timeout_s
+        self.lock_timeout_s = lock_timeout_s
+        self.on_state = on_state
         self._sleep = sleep
         self._rng = random.Random()
 
@@ -302,21 +321,39 @@ class PostgresWriter:
             return 0
         started = time.perf_counter()
         delay = self.retry_initial_s
+        attempts, last_log = 0, 0.0
         while True:
             try:
                 written = self._write_once(self._connection())
                 break
             except RETRYABLE_ERRORS as exc:
+                attempts += 1
                 self.retries += 1
-                self.last_error = f"{type(exc).__name__}: {exc}".strip()
+                self.last_error = redact(f"{type(exc).__name__}: {exc}", [self.dsn]).strip()
                 self._drop_connection()
-                if (
-                    self.max_retry_total_s is not None
-                    and time.perf_counter() - started > self.max_retry_total_s
-                ):
+                now = time.perf_counter()
+                if attempts == 1 or now - last_log >= OUTAGE_LOG_EVERY_S:
+                    last_log = now
+                    log.warning(
+                        "postgres sink %s: write failed%s (%s); holding %d rows, retrying with "
+                        "back-off while the stream waits",
+                        self.application_name,
+                        f" for {now - started:.0f} s" if attempts > 1 else "",
+                        self.last_error.splitlines()[0][:300],
+                        self.pending,
+                    )
+                if self.on_state is not None:
+                    self.on_state(False, self.pending, True)
+                if self.max_retry_total_s is not None and now - started > self.max_retry_total_s:
                     raise
                 self._sleep(delay * self._rng.uniform(0.8, 1.2))
                 delay = min(delay * 2.0, self.retry_max_s)
+        if attempts:
+            log.warning(
+                "postgres sink %s: writing again after %.1f s and %d failed attempts; "
+                "wrote the %d held rows",
+                self.application_name, time.perf_counter() - started, attempts, self.pending,
+            )  # fmt: skip
         for table, n in written.items():
             self.rows_written[table] += n
         self.rows_received["equipment"] += self._equipment_staged
@@ -330,6 +367,8 @@ class PostgresWriter:
         self.flushes += 1
         self.flush_seconds_last = time.perf_counter() - started
         self.flush_seconds_total += self.flush_seconds_last
+        if self.on_state is not None:
+            self.on_state(True, 0, False)
         return sum(n for table, n in written.items() if table != "equipment")
 
     def close(self) -> None:
@@ -350,13 +389,21 @@ class PostgresWriter:
     def _connection(self) -> psycopg.Connection[Any]:
         if self._conn is not None and not self._conn.closed:
             return self._conn
-        conn = psycopg.connect(
-            self.dsn,
-            autocommit=True,
-            connect_timeout=self.connect_timeout_s,
-            application_name=self.application_name,
-        )
         try:
+            conn = psycopg.connect(
+                self.dsn,
+                autocommit=True,
+                connect_timeout=self.connect_timeout_s,
+                application_name=self.application_name,
+            )
+        except psycopg.ProgrammingError as exc:  # a malformed DSN: its message echoes it
+            raise psycopg.ProgrammingError(redact(str(exc), [self.dsn])) from None
+        try:
+            for name, seconds in (
+                ("statement_timeout", self.statement_timeout_s),
+                ("lock_timeout", self.lock_timeout_s),
+            ):
+                conn.execute("SELECT set_config(%s, %s, false)", (name, f"{seconds * 1000:.0f}"))
             set_json_dumps(dumps_json, context=conn)
             for name, (columns, _, _) in _STAGES.items():
                 conn.execute(

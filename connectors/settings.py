@@ -147,6 +147,12 @@ class PostgresSettings(_Section):
     write_interval_seconds: float = Field(10.0, gt=0)
     migrate_on_start: bool = True
     partitions: int = Field(2, ge=1, description="writers (connections) per flow")
+    statement_timeout_s: float = Field(
+        60.0, gt=0, description="a sink statement running longer is cancelled and retried"
+    )
+    lock_timeout_s: float = Field(
+        10.0, gt=0, description="waiting longer for a table lock is cancelled and retried"
+    )
 
 
 class AlertDeliverySettings(_Section):
@@ -191,7 +197,8 @@ class Settings(BaseSettings):
     database_url: SecretStr | None = None
     redis_url: SecretStr | None = None
     apprise_urls: Annotated[tuple[SecretStr, ...], NoDecode] = ()
-    metrics_port: int | None = None
+    metrics_port: int | None = Field(None, ge=0, le=65535, description="/metrics, /readyz")
+    metrics_address: str = Field("127.0.0.1", description="bind address; 0.0.0.0 in a container")
     dead_letter_path: str | None = None
 
     simulator: SimulatorSettings = SimulatorSettings()
@@ -210,6 +217,29 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return tuple(u.strip() for u in value.split(",") if u.strip())
         return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _check_dsn(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            from psycopg.conninfo import conninfo_to_dict
+
+            try:
+                conninfo_to_dict(value.get_secret_value())
+            except Exception:
+                # the value is a secret: name the variable, never echo it
+                raise ValueError(
+                    "not a valid PostgreSQL URL or key=value DSN "
+                    "(e.g. postgresql://user:password@host:5432/db)"
+                ) from None
+        return value
+
+    def secret_values(self) -> list[str]:
+        """Every secret setting's value, to mask in messages that might echo one."""
+        values = [v.get_secret_value() for v in (self.database_url, self.redis_url) if v]
+        values += [u.get_secret_value() for u in self.apprise_urls]
+        values += [v.get_secret_value() for v in self.kafka.client_config.values()]
+        return [v for v in values if v]
 
     @field_validator("source")
     @classmethod
@@ -252,3 +282,17 @@ class Settings(BaseSettings):
 def load_settings(**overrides: Any) -> Settings:
     """Build the settings once at start-up; keyword arguments win over everything."""
     return Settings(**overrides)
+
+
+def describe_error(exc: Exception) -> str:
+    """A settings error as one line per problem, without the offending values (pydantic
+    would print them, and a mistyped variable may hold a password)."""
+    from pydantic import ValidationError
+
+    if isinstance(exc, ValidationError):
+        problems = [
+            f"{'.'.join(str(p) for p in e['loc']) or '(settings)'}: {e['msg']}"
+            for e in exc.errors(include_url=False, include_input=False, include_context=False)
+        ]
+        return f"{exc.error_count()} invalid setting(s): " + "; ".join(problems)
+    return f"{type(exc).__name__}: {exc}"

@@ -155,8 +155,10 @@ def build_flow(
         *([source_errors] if source_errors is not None else []),
     )
 
+    # readings the state step accepted: late, duplicate and refused ones are not stored
+    accepted = op.map("accepted_readings", scored.trues, lambda kv: kv[1].reading)
     has_service_output = _service_outputs(
-        settings, valid.trues, predictions, alerts, cast(Stream[DeadLetter], dead),
+        settings, accepted, predictions, alerts, cast(Stream[DeadLetter], dead),
         drift_evaluations,
     )  # fmt: skip
     embedded = output if output is not None else _embedded_output(settings)
@@ -199,7 +201,14 @@ def _service_outputs(
         op.output(
             "postgres_out",
             op.key_on("key_store", stored, _key),
-            PostgresSink(database_url, pg.buffer_size, pg.write_interval_seconds, pg.partitions),
+            PostgresSink(
+                database_url,
+                pg.buffer_size,
+                pg.write_interval_seconds,
+                pg.partitions,
+                pg.statement_timeout_s,
+                pg.lock_timeout_s,
+            ),
         )
         if drift_evaluations is not None:
             from connectors.flow_sinks import DriftStoreSink
@@ -279,18 +288,58 @@ def _embedded_output(settings: Settings) -> Sink[Any] | None:
 
 
 def main_flow() -> Dataflow:
-    """The flow ``python -m bytewax.run flows.main`` runs: settings from the environment."""
+    """The flow ``python -m bytewax.run flows.main`` runs: settings from the environment.
+
+    A bad configuration, model or database URL stops start-up with one line on stderr and
+    exit code 2; no message printed here carries a secret (values are left out of settings
+    errors, and every secret setting is masked in the others)."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    import psycopg
     from pydantic import ValidationError
+    from pydantic_settings import SettingsError
 
     from connectors.model_store import ModelLoadError
+    from connectors.settings import describe_error
+    from models.logsafe import redact
     from models.rul import ModelMismatchError
 
+    secrets: list[str] = []
     try:
         settings = load_settings()
-        if settings.metrics_port:
-            metrics.serve(settings.metrics_port)
-        return build_flow(settings)
-    except (ValidationError, ModelLoadError, ModelMismatchError, FileNotFoundError) as exc:
-        print(f"flows.main: cannot start: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+        secrets = settings.secret_values()
+        model_ready = _serve_health(settings)
+        flow = build_flow(settings)
+        model_ready.set()
+        return flow
+    except (ValidationError, SettingsError) as exc:
+        print(f"flows.main: cannot start: {describe_error(exc)}", file=sys.stderr)
+    except (ModelLoadError, ModelMismatchError, OSError, psycopg.Error) as exc:
+        message = redact(f"{type(exc).__name__}: {exc}", secrets)
+        print(f"flows.main: cannot start: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def _serve_health(settings: Settings) -> Any:
+    """Start ``/metrics``, ``/healthz`` and ``/readyz`` when ``PM_METRICS_PORT`` is set;
+    returns the event that marks the model as loaded (readiness waits for it)."""
+    import threading
+
+    model_ready = threading.Event()
+    if settings.metrics_port is None:
+        return model_ready
+    from connectors import health
+
+    server = health.HealthServer(settings.metrics_address, settings.metrics_port)
+    loaded = f"model loaded: {settings.model}" if settings.model != "none" else "no model (none)"
+    server.add_check(
+        "model", lambda: (True, loaded) if model_ready.is_set() else (False, "starting")
+    )
+    server.add_check("sinks", health.sinks_check)
+    if settings.database_url is not None:
+        server.add_check(
+            "postgres", health.postgres_check(settings.database_url.get_secret_value())
+        )
+    if settings.redis_url is not None:
+        server.add_check("redis", health.redis_check(settings.redis_url.get_secret_value()))
+    server.start()
+    return model_ready
