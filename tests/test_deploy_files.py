@@ -4,8 +4,7 @@ docker-compose.yml, Dockerfile, infra/docker/, infra/prometheus/ and infra/grafa
 run here, so these tests check what can be checked without running them: the files parse,
 names that must agree across files agree (services, settings, metric names, data source
 uids, mounted paths, topics), and the entrypoint's logic runs against a stub `python`.
-The one integration test runs every SQL query of the fleet dashboard on a real PostgreSQL
-(PM_TEST_DATABASE_URL) with the migrations applied.
+The dashboards' panels are checked in test_dashboards.py.
 """
 
 from __future__ import annotations
@@ -16,21 +15,18 @@ import re
 import shlex
 import subprocess
 import sys
-import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
 import yaml
-from psycopg import sql
-from psycopg.conninfo import make_conninfo
 from pydantic import BaseModel
 
 from connectors.settings import Settings, load_settings
+from tests.promql import exported_series, metric_names, selector_labels
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "docker-compose.yml"
@@ -42,27 +38,6 @@ PROMETHEUS_DIR = ROOT / "infra" / "prometheus"
 GRAFANA_DIR = ROOT / "infra" / "grafana"
 DASHBOARDS = sorted((GRAFANA_DIR / "dashboards").glob("*.json"))
 
-# The flow's metrics (implemented in the flow; names agreed in the deployment brief).
-FLOW_COUNTERS_AND_GAUGES = {
-    "pm_readings_total",
-    "pm_dead_letters_total",
-    "pm_predictions_total",
-    "pm_alerts_total",
-    "pm_alert_deliveries_total",
-    "pm_sink_errors_total",
-    "pm_model_info",
-    "pm_model_reloads_total",
-    "pm_equipment_active",
-    "pm_feature_drift_max",
-    "pm_feature_drift_psi",
-    "pm_feature_drift_rows",
-}
-FLOW_HISTOGRAMS = {
-    "pm_event_lag_seconds",
-    "pm_sink_batch_size",
-    "pm_sink_write_seconds",
-    "pm_anomaly_score",
-}
 # Flow-service variables read by the entrypoint script, not by connectors.settings.
 ENTRYPOINT_ONLY_VARS = {"PM_RECOVERY_PARTITIONS"}
 
@@ -191,39 +166,6 @@ def dockerfile_instructions(path: Path) -> list[tuple[str, str]]:
     return out
 
 
-_PROMQL_WORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "bool"}
-_PROMQL_WORDS |= {"and", "or", "unless", "offset", "inf", "nan"}
-
-
-def promql_metric_names(expr: str) -> set[str]:
-    """Metric names in a PromQL expression (not functions, keywords or label names).
-
-    >>> sorted(promql_metric_names(
-    ...     'sum by (a) (rate(x_total{b="c"}[5m])) / ignoring(a) group_left sum(y) > 1e-3'))
-    ['x_total', 'y']
-    """
-    s = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)
-    s = re.sub(r"\{[^}]*\}", " ", s)
-    s = re.sub(r"\[[^\]]*\]", " ", s)
-    s = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", " ", s)
-    names = set()
-    for m in re.finditer(r"(?<![\w.:$])[A-Za-z_:][\w:]*", s):
-        if s[m.end() :].lstrip().startswith("("):
-            continue  # a function or an aggregation
-        if m.group().lower() in _PROMQL_WORDS:
-            continue
-        names.add(m.group())
-    return names
-
-
-def is_known_metric(name: str) -> bool:
-    if name == "up" or name.startswith("bytewax_") or name in FLOW_COUNTERS_AND_GAUGES:
-        return True
-    return any(
-        name == f"{h}_{suffix}" for h in FLOW_HISTOGRAMS for suffix in ("bucket", "sum", "count")
-    )
-
-
 def walk(node: Any) -> Iterator[Any]:
     yield node
     if isinstance(node, dict):
@@ -232,18 +174,6 @@ def walk(node: Any) -> Iterator[Any]:
     elif isinstance(node, list):
         for v in node:
             yield from walk(v)
-
-
-def load_dashboard(path: Path) -> dict[str, Any]:
-    data = json.loads(path.read_text())
-    assert isinstance(data, dict)
-    return data
-
-
-def dashboard_targets(dash: dict[str, Any]) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
-    for panel in dash["panels"]:
-        for target in panel.get("targets", []):
-            yield panel, target
 
 
 def provisioned_datasources() -> dict[str, str]:
@@ -662,16 +592,19 @@ def test_prometheus_rule_files_exist_and_rules_use_known_metrics() -> None:
     doc = yaml.safe_load((PROMETHEUS_DIR / "prometheus.yml").read_text())
     assert {j["job_name"] for j in doc["scrape_configs"]} == {"prometheus", "flow"}
     rule_files = [PROMETHEUS_DIR / f for f in doc["rule_files"]]
+    exported = exported_series()
     assert rule_files and all(f.is_file() for f in rule_files)
     alerts = set()
     for path in rule_files:
         for group in yaml.safe_load(path.read_text())["groups"]:
             for rule in group["rules"]:
                 alerts.add(rule["alert"])
-                names = promql_metric_names(rule["expr"])
+                names = metric_names(rule["expr"])
                 assert names, rule["alert"]
-                unknown = {n for n in names if not is_known_metric(n)}
+                unknown = names - set(exported)
                 assert unknown == set(), f"{rule['alert']}: unknown metrics {unknown}"
+                for metric, labels in selector_labels(rule["expr"]):
+                    assert labels <= exported[metric], f"{rule['alert']}: {metric} {labels}"
                 assert rule["labels"]["severity"] in ("warning", "critical")
                 assert rule["annotations"]["summary"]
     assert {
@@ -680,22 +613,6 @@ def test_prometheus_rule_files_exist_and_rules_use_known_metrics() -> None:
         "PMSinkErrors",
         "PMKafkaConsumerLagHigh",
     } <= alerts
-
-
-def test_metric_names_here_are_the_ones_the_flow_exports() -> None:
-    from prometheus_client.metrics import MetricWrapperBase
-
-    import connectors.metrics
-
-    exported: dict[str, str] = {}
-    for obj in vars(connectors.metrics).values():
-        if isinstance(obj, MetricWrapperBase):
-            for metric in obj.describe():
-                suffix = "_total" if metric.type == "counter" else ""
-                exported[metric.name + suffix] = metric.type
-    histograms = {name for name, kind in exported.items() if kind == "histogram"}
-    assert histograms == FLOW_HISTOGRAMS
-    assert set(exported) - histograms == FLOW_COUNTERS_AND_GAUGES
 
 
 def test_prometheus_config_is_mounted_where_prometheus_reads_it() -> None:
@@ -733,176 +650,3 @@ def test_grafana_datasources_reach_the_compose_services() -> None:
     assert pg["jsonData"]["database"] == tsdb_env["POSTGRES_DB"]
     var = re.fullmatch(r"\$\{?(\w+)\}?", pg["secureJsonData"]["password"])
     assert var and var.group(1) in env_of(services()["grafana"])
-
-
-def test_dashboards_parse_and_use_the_provisioned_datasources() -> None:
-    provisioned = provisioned_datasources()
-    assert {d.name for d in DASHBOARDS} == {"fleet-health.json", "pipeline.json"}
-    uids = set()
-    for path in DASHBOARDS:
-        dash = load_dashboard(path)
-        assert dash["uid"] not in uids
-        uids.add(dash["uid"])
-        refs = [n["datasource"] for n in walk(dash) if isinstance(n, dict) and "datasource" in n]
-        assert refs, path.name
-        for ref in refs:
-            if ref.get("type") == "grafana":
-                continue  # the built-in annotations source
-            assert provisioned.get(ref["uid"]) == ref["type"], f"{path.name}: {ref}"
-        panel_ids = [p["id"] for p in dash["panels"]]
-        assert len(panel_ids) == len(set(panel_ids)), path.name
-
-
-def test_dashboard_panels_do_not_overlap() -> None:
-    for path in DASHBOARDS:
-        cells: dict[tuple[int, int], str] = {}
-        for panel in load_dashboard(path)["panels"]:
-            g = panel["gridPos"]
-            assert g["x"] + g["w"] <= 24, panel["title"]
-            for x in range(g["x"], g["x"] + g["w"]):
-                for y in range(g["y"], g["y"] + g["h"]):
-                    assert (x, y) not in cells, f"{panel['title']} overlaps {cells[(x, y)]}"
-                    cells[(x, y)] = panel["title"]
-
-
-def test_pipeline_dashboard_shows_every_flow_metric_and_no_other() -> None:
-    dash = load_dashboard(GRAFANA_DIR / "dashboards" / "pipeline.json")
-    seen: set[str] = set()
-    for panel, target in dashboard_targets(dash):
-        names = promql_metric_names(target["expr"])
-        unknown = {n for n in names if not is_known_metric(n)}
-        assert unknown == set(), f"{panel['title']}: unknown metrics {unknown}"
-        seen |= names
-    bases = {re.sub(r"_(bucket|sum|count)$", "", n) for n in seen}
-    missing = (FLOW_COUNTERS_AND_GAUGES | FLOW_HISTOGRAMS) - bases
-    assert missing == set(), f"metrics without a panel: {missing}"
-    assert "bytewax_kafka_consumer_lag" in seen
-
-
-def test_fleet_dashboard_reads_the_tables_of_the_migrations() -> None:
-    dash = load_dashboard(GRAFANA_DIR / "dashboards" / "fleet-health.json")
-    schema = " ".join(p.read_text() for p in sorted((ROOT / "infra" / "sql").glob("*.sql")))
-    queries = [t["rawSql"] for _, t in dashboard_targets(dash)]
-    queries += [v["query"] for v in dash["templating"]["list"]]
-    used = set()
-    for q in queries:
-        used |= set(re.findall(r"\b(?:FROM|JOIN)\s+([a-z_]+)", q))
-    assert used == {"predictions", "alerts", "equipment", "health_hourly", "latest"}
-    for table in used - {"latest"}:
-        assert re.search(rf"(TABLE|VIEW) (IF NOT EXISTS )?{table}\b", schema), table
-
-
-# --- integration: the fleet dashboard's SQL on a real PostgreSQL -------------------------
-
-T0 = datetime(2026, 11, 20, 8, 0, tzinfo=UTC)
-
-
-def expand_grafana_sql(text: str, variables: dict[str, list[str]]) -> str:
-    """Expand the Grafana macros and variables the dashboards use, as Grafana would."""
-    lo, hi = (T0 - timedelta(days=1)).isoformat(), (T0 + timedelta(days=1)).isoformat()
-    text = re.sub(r"\$__timeFilter\((\w+)\)", rf"\1 BETWEEN '{lo}' AND '{hi}'", text)
-    text = re.sub(
-        r"\$__timeGroupAlias\((\w+),\s*\$__interval\)",
-        r'floor(extract(epoch from \1)/3600)*3600 AS "time"',
-        text,
-    )
-    for name, values in variables.items():
-        text = re.sub(
-            rf"\$\{{?{name}\b\}}?", ",".join("'" + v.replace("'", "''") + "'" for v in values), text
-        )
-    assert "$" not in text, text
-    return text
-
-
-@pytest.fixture
-def fleet_db() -> Iterator[str]:
-    """A fresh database with the migrations applied and a little fleet history."""
-    from connectors.migrate import apply_migrations
-
-    admin = os.environ.get("PM_TEST_DATABASE_URL")
-    if not admin:
-        pytest.skip("PM_TEST_DATABASE_URL is not set: no PostgreSQL server to test against")
-    name = f"pm_test_deploy_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    dsn = make_conninfo(admin, dbname=name)
-    try:
-        apply_migrations(dsn)
-        h = timedelta(hours=1)
-        with psycopg.connect(dsn) as conn:
-            conn.execute(
-                "INSERT INTO equipment (equipment_id, equipment_type, first_seen, last_seen) "
-                "VALUES ('turbofan-0001', 'turbofan_engine', %s, %s), "
-                "('pump-0001', 'pump', %s, %s)",
-                (T0, T0 + h, T0, T0),
-            )
-            predictions = [
-                ("turbofan-0001", T0, 900.0, 0.9, 0.1, "ok"),
-                ("turbofan-0001", T0 + h, 60.0, 0.6, 0.5, "warning"),
-                ("pump-0001", T0, 10.0, 0.2, 0.99, "critical"),
-            ]
-            conn.cursor().executemany(
-                "INSERT INTO predictions (equipment_id, ts, model_name, model_version, rul, "
-                "rul_unit, rul_hours, health, anomaly_score, status, top_sensors) "
-                "VALUES (%s, %s, 'pm', '3', %s, 'hours', %s, %s, %s, %s, ARRAY['T24'])",
-                [(e, ts, rul, rul, hl, a, st) for e, ts, rul, hl, a, st in predictions],
-            )
-            m = timedelta(minutes=30)
-            alerts = [  # (id, equipment, ts, rule, severity, state, acknowledged)
-                ("a1", "turbofan-0001", T0, "health_low", "warning", "firing", False),
-                ("a2", "turbofan-0001", T0 + h, "health_low", "warning", "resolved", False),
-                ("a3", "turbofan-0001", T0, "rul_low", "critical", "firing", False),
-                ("a4", "pump-0001", T0, "anomaly_high", "critical", "firing", True),
-                ("a5", "pump-0001", T0, "health_low", "warning", "firing", False),
-                ("a6", "pump-0001", T0 + m, "health_low", "critical", "escalated", False),
-            ]
-            conn.cursor().executemany(
-                "INSERT INTO alerts (alert_id, equipment_id, ts, rule, severity, state, value, "
-                "threshold, message, acknowledged_at) "
-                "VALUES (%s, %s, %s, %s, %s, %s, 1.0, 2.0, 'm', "
-                "CASE WHEN %s THEN now() END)",
-                alerts,
-            )
-        yield dsn
-    finally:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
-
-
-@pytest.mark.integration
-def test_fleet_dashboard_queries_run_and_answer_correctly(fleet_db: str) -> None:
-    dash = load_dashboard(GRAFANA_DIR / "dashboards" / "fleet-health.json")
-    variables = {
-        "equipment_type": ["turbofan_engine", "pump"],
-        "equipment_id": ["turbofan-0001", "pump-0001"],
-    }
-    results: dict[str, list[dict[str, Any]]] = {}
-    with psycopg.connect(fleet_db) as conn:
-        for var in dash["templating"]["list"]:
-            rows = conn.execute(expand_grafana_sql(var["query"], variables)).fetchall()
-            assert {r[0] for r in rows} == set(variables[var["name"]]), var["name"]
-        for panel, target in dashboard_targets(dash):
-            cur = conn.execute(expand_grafana_sql(target["rawSql"], variables))
-            cols = [d.name for d in cur.description or []]
-            results[panel["title"]] = [dict(zip(cols, row, strict=True)) for row in cur]
-            if target["format"] == "time_series":
-                assert cols[:2] == ["time", "metric"], panel["title"]
-
-    latest = results["Latest status per equipment"]
-    assert [(r["equipment"], r["status"], r["type"]) for r in latest] == [
-        ("pump-0001", "critical", "pump"),
-        ("turbofan-0001", "warning", "turbofan_engine"),
-    ]
-    assert results["Equipment by status"] == [{"critical": 1, "warning": 1, "ok": 0}]
-    open_alerts = {(r["equipment"], r["rule"], r["state"]) for r in results["Open alerts"]}
-    assert open_alerts == {
-        ("turbofan-0001", "rul_low", "firing"),
-        ("pump-0001", "health_low", "escalated"),
-    }
-    assert results["Open alerts"][0]["severity"] == "critical"
-    assert results["Open alerts (count)"] == [{"critical": 2, "warning": 0}]
-    assert len(results["Alert history"]) == 6
-    health = {(r["metric"], r["health_avg"]) for r in results["Health (hourly average)"]}
-    assert ("turbofan-0001", 0.9) in health and ("pump-0001", 0.2) in health
-    rul = results["Remaining useful life (hours)"]
-    assert {r["metric"] for r in rul} == {"turbofan-0001", "pump-0001"}
