@@ -189,9 +189,11 @@ def _numbers(
     out: dict[str, float] = {}
     for name, value in raw.items():
         if not isinstance(name, str) or not name or len(name) > limits.max_name_len:
-            raise _Invalid(f"{key} name {name!r} is empty or too long"[:200])
+            raise _Invalid(f"{key} has a name that is empty or too long: {name!r}"[:200])
         if not _is_clean(name):
-            raise _Invalid(f"{key} name {name!r} has control characters or invalid Unicode"[:200])
+            raise _Invalid(
+                f"{key} has a name with control characters or invalid Unicode: {name!r}"[:200]
+            )
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise _Invalid(f"{key}[{name!r}] is not a number: {value!r}"[:200])
         try:

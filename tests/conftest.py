@@ -80,9 +80,13 @@ def fresh_tsdb() -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A small but real model bundle (turbofan + pump), trained once per test session."""
+    """A small but real model bundle (turbofan + pump), trained once per test session
+    (``PM_TEST_MODEL_DIR`` names one trained before by this fixture, to iterate faster)."""
     from models.train import main
 
+    reuse = os.environ.get("PM_TEST_MODEL_DIR")
+    if reuse and Path(reuse).is_dir():
+        return Path(reuse)
     out = tmp_path_factory.mktemp("model") / "bundle"
     args = ["--units", "40", "--folds", "0", "--max-iter", "120", "--no-mlflow"]
     assert main([*args, "--seed", "11", "--out", str(out)]) == 0
