@@ -25,6 +25,7 @@ from alerting.notify import AppriseNotifier, render
 from connectors import metrics
 from connectors.delivery_ledger import Job, Ledger, LocalLedger, PostgresLedger
 from connectors.settings import AlertDeliverySettings
+from models.logsafe import safe_for_log
 from models.schemas import Alert
 
 log = logging.getLogger(__name__)
@@ -188,7 +189,7 @@ class DeliveryWorker:
         if self.ledger.fail(job, error, retry_in):
             metrics.ALERT_DELIVERY_FAILURES.labels("gave_up").inc()
             log.error("alert %s (%s) to %s abandoned after %d attempts: %s", job.alert_id,
-                      job.message.title, label, job.attempts, error)  # fmt: skip
+                      safe_for_log(job.message.title), label, job.attempts, error)  # fmt: skip
         else:
             log.warning("alert %s to %s failed (attempt %d): %s; retry in %.1f s",
                         job.alert_id, label, job.attempts, error, retry_in)  # fmt: skip

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import psycopg
 
+from models.logsafe import redact
+
 SQL_DIR = Path(__file__).resolve().parents[1] / "infra" / "sql"
 
 # Arbitrary constant: pg_advisory_lock key shared by every migrating process.
@@ -80,13 +82,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--database-url", required=True, help="postgresql://user@host:port/db")
     parser.add_argument("--sql-dir", type=Path, default=SQL_DIR, help="migration files")
     args = parser.parse_args(argv)
-    applied = apply_migrations(args.database_url, args.sql_dir)
+    try:
+        return _report(args.database_url, args.sql_dir)
+    except psycopg.Error as exc:  # psycopg may echo the DSN, password included
+        message = redact(f"{type(exc).__name__}: {exc}", [args.database_url])
+        print(f"migrate: {message.strip()}", file=sys.stderr)
+        return 2
+
+
+def _report(database_url: str, sql_dir: Path) -> int:
+    applied = apply_migrations(database_url, sql_dir)
     if applied:
         print("applied: " + ", ".join(applied))
     else:
         print("applied: nothing (schema up to date)")
-    print(f"storage path: {storage_path(args.database_url)}")
-    for feature, (enabled, detail) in sorted(schema_features(args.database_url).items()):
+    print(f"storage path: {storage_path(database_url)}")
+    for feature, (enabled, detail) in sorted(schema_features(database_url).items()):
         print(f"  {feature}: {'on' if enabled else 'off'} ({detail})")
     return 0
 

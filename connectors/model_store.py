@@ -14,6 +14,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from models.logsafe import redact
 from models.rul import RulModel
 
 log = logging.getLogger(__name__)
@@ -89,7 +90,10 @@ def registry_version(uri: str, tracking_uri: str) -> str:
         name, _, version = name.partition("/")
         return str(client.get_model_version(name, version).version)
     except Exception as exc:
-        raise ModelLoadError(f"cannot resolve {uri} in MLflow at {tracking_uri}: {exc}") from exc
+        # the tracking URI may carry credentials (https://user:token@host): never echo them
+        raise ModelLoadError(
+            redact(f"cannot resolve {uri} in MLflow at {tracking_uri}: {exc}", [tracking_uri])
+        ) from None
 
 
 def load_registry(uri: str, tracking_uri: str) -> ModelBundle:
@@ -106,7 +110,9 @@ def load_registry(uri: str, tracking_uri: str) -> ModelBundle:
                 artifact_uri=f"models:/{name}/{version}", dst_path=tmp
             )
         except Exception as exc:
-            raise ModelLoadError(f"cannot download {uri} (version {version}): {exc}") from exc
+            raise ModelLoadError(
+                redact(f"cannot download {uri} (version {version}): {exc}", [tracking_uri])
+            ) from None
         return load_path(local, version=version, source=uri)
 
 

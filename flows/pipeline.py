@@ -313,9 +313,15 @@ def main_flow() -> Dataflow:
         return flow
     except (ValidationError, SettingsError) as exc:
         print(f"flows.main: cannot start: {describe_error(exc)}", file=sys.stderr)
-    except (ModelLoadError, ModelMismatchError, OSError, psycopg.Error) as exc:
+    except (ModelLoadError, ModelMismatchError, OSError, ValueError, psycopg.Error) as exc:
         message = redact(f"{type(exc).__name__}: {exc}", secrets)
         print(f"flows.main: cannot start: {message}", file=sys.stderr)
+    except Exception as exc:  # a bug: keep the traceback, masked
+        import traceback
+
+        text = "".join(traceback.format_exception(exc))
+        print(f"flows.main: cannot start:\n{redact(text, secrets)}", file=sys.stderr)
+        raise SystemExit(1) from None
     raise SystemExit(2)
 
 

@@ -23,6 +23,7 @@ from models.anomaly import AnomalyDetector
 from models.equipment import EQUIPMENT_TYPES
 from models.equipment_state import EquipmentState, Rejected, Scored
 from models.features import FeatureConfig
+from models.logsafe import safe_for_log
 from models.predict import predict_batch
 from models.rul import RulModel, check_features
 from models.schemas import Alert, DeadLetter, Origin, Prediction, Reading
@@ -154,8 +155,7 @@ class Runtime:
 
 def safe_text(text: str, limit: int = 80) -> str:
     """``text`` for a log line: control characters escaped, length bounded."""
-    out = text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
-    return out if len(out) <= limit else out[:limit] + "…"
+    return safe_for_log(text, limit)
 
 
 class EquipmentLogic(StatefulBatchLogic[Reading, Scored | DeadLetter, bytes]):
