@@ -60,6 +60,7 @@ health:
 	infra/scripts/health-check.sh
 
 test: $(STAMP) services-up
+	infra/scripts/chromium.sh ensure
 	set -a && . "$(SERVICES_DIR)/env" && set +a && PM_REQUIRE_SERVICES=1 $(PY) -m pytest
 
 test-unit: $(STAMP)
@@ -72,7 +73,7 @@ bench: $(STAMP) $(DEFAULT_MODEL)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy models alerting connectors
+	$(VENV)/bin/mypy models alerting connectors jobs
 
 format: $(STAMP)
 	$(VENV)/bin/ruff format .

@@ -1,0 +1,2 @@
+"""Command-line applications (top of the layers: jobs -> flows -> connectors -> alerting ->
+models)."""
