@@ -42,9 +42,14 @@ RUN chmod 0755 /usr/local/bin/flow-entrypoint.sh \
     && mkdir -p /recovery /artifacts \
     && chown pm:pm /recovery /artifacts
 USER pm
+# Run in the user's home, which it can write to (Bytewax writes dataflow.json into the working
+# directory when its API server is enabled; MLflow and matplotlib write caches under $HOME);
+# the code stays read-only in /app, imported from there whatever the working directory.
+WORKDIR /home/pm
 
 ENV PM_RECOVERY_PARTITIONS=4 \
-    PM_SQL_DIR=/app/infra/sql
+    PM_SQL_DIR=/app/infra/sql \
+    PYTHONPATH=/app
 
 # /metrics, /healthz and /readyz when PM_METRICS_PORT=9100 (PM_METRICS_ADDRESS=0.0.0.0 in a container).
 EXPOSE 9100

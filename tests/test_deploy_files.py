@@ -526,6 +526,39 @@ def test_entrypoint_initialises_recovery_once_then_execs_the_flow(tmp_path: Path
     assert calls.read_text().splitlines()[2:] == [" ".join(flow[1:])]
 
 
+def test_entrypoint_gives_each_process_its_share_of_the_recovery_partitions(
+    tmp_path: Path,
+) -> None:
+    """One recovery volume per process (a StatefulSet): partition j on process j mod P."""
+    env, calls = _stub_python(tmp_path)
+    env["PM_RECOVERY_PARTITIONS"] = "5"
+    addresses = "pm-flow-0.pm-flow:2101;pm-flow-1.pm-flow:2101"
+    flow = ["python", "-m", "bytewax.run", "flows.main", "-s", "30", "-b", "0"]
+    kept = {}
+    for pid, spelling in ((0, ["-i", "0", "-a", addresses]), (1, ["env"])):
+        rec = tmp_path / f"rec{pid}"
+        run_env = dict(env)
+        if spelling == ["env"]:
+            run_env |= {"BYTEWAX_PROCESS_ID": str(pid), "BYTEWAX_ADDRESSES": addresses}
+            spelling = []
+        result = _run_entrypoint(run_env, *flow, *spelling, "-r", str(rec))
+        assert result.returncode == 0, result.stderr
+        kept[pid] = sorted(p.name for p in rec.iterdir())
+    assert kept == {
+        0: ["part-0.sqlite3", "part-2.sqlite3", "part-4.sqlite3"],
+        1: ["part-1.sqlite3", "part-3.sqlite3"],
+    }
+    # Together exactly one full set, as Bytewax needs; a restart keeps what is there.
+    result = _run_entrypoint(env, *flow, "-i", "1", "-a", addresses, "-r", str(tmp_path / "rec1"))
+    assert result.returncode == 0 and "resuming from 2 recovery partitions" in result.stderr
+    assert len(list((tmp_path / "rec1").iterdir())) == 2
+    assert sum("bytewax.recovery" in line for line in calls.read_text().splitlines()) == 2
+
+    env["PM_RECOVERY_PARTITIONS"] = "1"  # fewer partitions than processes: refused
+    result = _run_entrypoint(env, *flow, "-i", "0", "-a", addresses, "-r", str(tmp_path / "r"))
+    assert result.returncode == 2 and "fewer than the 2 processes" in result.stderr
+
+
 def test_entrypoint_finds_the_recovery_dir_in_all_spellings(tmp_path: Path) -> None:
     env, _ = _stub_python(tmp_path)
     env["PM_RECOVERY_PARTITIONS"] = "1"
