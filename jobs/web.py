@@ -21,7 +21,7 @@ import base64
 import html
 import sys
 import urllib.parse
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import datetime
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -74,7 +74,9 @@ class Server(ThreadingHTTPServer):
 
 
 def _e(x: Any) -> str:
-    return "-" if x is None else html.escape(str(x), quote=True)
+    """Text for HTML: control characters shown escaped (as in the terminal), then
+    HTML-escaped, quotes included."""
+    return "-" if x is None else html.escape(safe_for_log(x, 500), quote=True)
 
 
 def _f(x: float | None, fmt: str = ".1f") -> str:
@@ -142,10 +144,10 @@ def fleet_html(machines: Sequence[q.MachineStatus]) -> str:
     return _table(headers, rows)
 
 
-def _ack_cell(a: dict[str, Any], back: str) -> str:
+def _ack_cell(a: dict[str, Any], back: str, open_ids: Collection[str] | None) -> str:
     if a["acknowledged_at"] is not None:
         return f"acknowledged by {_e(a['acknowledged_by'])} at {_t(a['acknowledged_at'])}"
-    if a["state"] == "resolved":
+    if a["state"] == "resolved" or (open_ids is not None and a["alert_id"] not in open_ids):
         return "-"
     return (
         "<form class=ack method=post action=/ack>"
@@ -156,7 +158,11 @@ def _ack_cell(a: dict[str, Any], back: str) -> str:
     )
 
 
-def alerts_html(alerts: Sequence[dict[str, Any]], back: str) -> str:
+def alerts_html(
+    alerts: Sequence[dict[str, Any]], back: str, open_ids: Collection[str] | None = None
+) -> str:
+    """Alert rows; an acknowledge form on unacknowledged open ones (all non-resolved rows
+    when ``open_ids`` is None)."""
     rows = [
         (
             "acked" if a["acknowledged_at"] else _STATUS_CLASS.get(a["severity"], ""),
@@ -170,7 +176,7 @@ def alerts_html(alerts: Sequence[dict[str, Any]], back: str) -> str:
                 _f(a["threshold"], ".3f"),
                 _e(a["message"]),
                 f"<code>{_e(a['alert_id'])}</code>",
-                _ack_cell(a, back),
+                _ack_cell(a, back, open_ids),
             ],
         )
         for a in alerts
@@ -240,11 +246,12 @@ class Handler(BaseHTTPRequestHandler):
         alerts = q.alerts_for(conn, equipment_id)
         png = trajectory_png(equipment_id, hist, alerts, self.server.thresholds)
         back = "/machine?" + urllib.parse.urlencode({"id": equipment_id})
+        open_ids = {a["alert_id"] for a in q.open_alerts(conn) if a["equipment_id"] == equipment_id}
         body = (
             f"<h1>{_e(equipment_id)}</h1>{fleet_html([m])}"
             f"<img alt='RUL and health trajectory of {_e(equipment_id)}' "
             f"src='data:image/png;base64,{base64.b64encode(png).decode()}'>"
-            f"<h2>Alert transitions ({len(alerts)})</h2>{alerts_html(alerts[::-1], back)}"
+            f"<h2>Alert transitions ({len(alerts)})</h2>{alerts_html(alerts[::-1], back, open_ids)}"
         )
         self._send(HTTPStatus.OK, _page(equipment_id, body))
 
