@@ -28,6 +28,17 @@ DEFAULT_DWELL_S = 6 * 3600.0
 _NOTIFIED = ("firing", "escalated")
 
 
+def duration_text(s: float | None) -> str:
+    """A time to acknowledge for people.
+
+    >>> duration_text(None), duration_text(540.0), duration_text(7200.0)
+    ('-', '9 min', '2.0 h')
+    """
+    if s is None:
+        return "-"
+    return f"{s / 3600:.1f} h" if abs(s) >= 3600 else f"{s / 60:.0f} min"
+
+
 @dataclass
 class Figures:
     """Alert-fatigue figures of one machine or one rule."""

@@ -27,7 +27,7 @@ import redis
 from pydantic import ValidationError
 
 from connectors import fleet_queries as q
-from connectors.fleet_fatigue import DEFAULT_DWELL_S, fatigue
+from connectors.fleet_fatigue import DEFAULT_DWELL_S, duration_text, fatigue
 from connectors.settings import Settings, load_settings
 from models.logsafe import redact, safe_for_log
 
@@ -217,7 +217,7 @@ def cmd_alerts_fatigue(args: argparse.Namespace, settings: Settings, dsn: str) -
     def cells(f: dict[str, Any]) -> list[str]:
         return [str(f["alerts"]), f"{f['per_machine_day']:.2f}", str(f["episodes"]),
                 str(f["flaps"]), f"{f['flap_rate']:.0%}", str(f["acked"]),
-                _dur(f["ack_median_s"]), _dur(f["ack_max_s"])]  # fmt: skip
+                duration_text(f["ack_median_s"]), duration_text(f["ack_max_s"])]  # fmt: skip
 
     machines = [f.to_json_dict() for f in report.machines]
     print(f"per machine (flap: re-fired within {args.dwell_hours:g} h of resolving):")
@@ -231,12 +231,6 @@ def cmd_alerts_fatigue(args: argparse.Namespace, settings: Settings, dsn: str) -
     rules = [f.to_json_dict() for f in report.rules]
     print(table(["rule", *headers], [[_s(f["key"], 30), *cells(f)] for f in rules]))
     return 0
-
-
-def _dur(s: float | None) -> str:
-    if s is None:
-        return "-"
-    return f"{s / 3600:.1f} h" if abs(s) >= 3600 else f"{s / 60:.0f} min"
 
 
 def cmd_web(args: argparse.Namespace, settings: Settings, dsn: str) -> int:

@@ -3,7 +3,8 @@
 A standard-library HTTP server (``http.server``; no framework to install or patch for a
 page with three views and one form), reading PostgreSQL on every request:
 
-* ``GET /``: the fleet by risk and the open alerts, each with an acknowledge form;
+* ``GET /``: the fleet by risk, the open alerts (each with an acknowledge form) and the
+  alert-fatigue figures per rule and per machine;
 * ``GET /machine?id=ID``: one machine's trajectory (RUL with band, health, thresholds and
   alert moments, an inline PNG) and its alert transitions;
 * ``POST /ack`` (form ``alert_id``, ``by``): acknowledge, then redirect back;
@@ -30,6 +31,7 @@ from typing import Any
 import psycopg
 
 from connectors import fleet_queries as q
+from connectors.fleet_fatigue import FatigueReport, Figures, duration_text, fatigue
 from connectors.fleet_plot import trajectory_png
 from connectors.settings import AlertSettings
 from models.logsafe import redact, safe_for_log
@@ -186,6 +188,26 @@ def alerts_html(
     return _table(headers, rows) if rows else "<p>None.</p>"
 
 
+def fatigue_html(report: FatigueReport) -> str:
+    """Alert-fatigue tables: per rule, and per machine that raised alerts."""
+
+    def cells(f: Figures) -> list[str]:
+        d = f.to_json_dict()
+        return [_e(f.key), str(d["alerts"]), f"{d['per_machine_day']:.2f}", str(d["episodes"]),
+                str(d["flaps"]), f"{d['flap_rate']:.0%}", str(d["acked"]),
+                duration_text(d["ack_median_s"])]  # fmt: skip
+
+    headers = ["alerts", "per machine-day", "episodes", "flaps", "flap rate", "acked",
+               "time to ack (median)"]  # fmt: skip
+    noisy = [f for f in report.machines if f.alerts]
+    return (
+        f"<h2>Alert fatigue</h2><p>Flap: a rule firing again within "
+        f"{report.dwell_s / 3600:g} h of resolving.</p>"
+        + _table(["rule", *headers], [("", cells(f)) for f in report.rules])
+        + _table(["equipment", *headers], [("", cells(f)) for f in noisy])
+    )
+
+
 class Handler(BaseHTTPRequestHandler):
     server: Server
     server_version = "pm-web"
@@ -230,10 +252,12 @@ class Handler(BaseHTTPRequestHandler):
     def _fleet(self, conn: psycopg.Connection[dict[str, Any]]) -> None:
         machines = q.fleet_status(conn)
         alerts = q.open_alerts(conn)
+        report = fatigue(q.all_alerts(conn), q.observed_spans(conn))
         body = (
             f"<h1>Fleet status</h1><p>{len(machines)} machines, highest risk first "
             "(status, then RUL lower bound, then health).</p>"
             f"{fleet_html(machines)}<h2>Open alerts ({len(alerts)})</h2>{alerts_html(alerts, '/')}"
+            f"{fatigue_html(report)}"
         )
         self._send(HTTPStatus.OK, _page("Fleet status", body))
 

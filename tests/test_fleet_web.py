@@ -109,6 +109,11 @@ def test_fleet_page_in_the_browser(chromium: str, site: tuple[str, str], tmp_pat
     # The hostile id is text, never markup: no script element in the rendered DOM.
     assert "<script" not in dom and "&lt;script&gt;alert(1)&lt;/script&gt;" in dom
     assert "Open alerts (2)" in dom
+    fatigue = dom.split("<h2>Alert fatigue</h2>")[1]
+    rul_low = re.search(r"<tr[^>]*><td>rul_low</td>(.*?)</tr>", fatigue)
+    assert rul_low, "a fatigue row per rule"
+    cells = re.findall(r"<td>(.*?)</td>", rul_low.group(1))
+    assert cells[:6] == ["3", "0.63", "2", "1", "50%", "0"]  # alerts .. flap rate, acked
     assert dom.count('<form class="ack"') == 2
 
     shot = tmp_path / "fleet.png"
