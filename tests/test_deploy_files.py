@@ -13,8 +13,12 @@ import json
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
+import tempfile
+import time
+import urllib.request
 from collections.abc import Iterator
 from datetime import timedelta
 from fnmatch import fnmatch
@@ -232,6 +236,120 @@ def test_every_long_running_service_has_a_healthcheck() -> None:
         if name == "simulator":  # a client: nothing waits for it
             continue
         assert "healthcheck" in svc, name
+
+
+# What the third-party images ship, from their documentation (there is no Docker engine here
+# to look inside them). A new image, or a health check that runs another program, must be
+# added here with its source.
+IMAGE_PROGRAMS = {
+    "apache/kafka": {"/opt/kafka/bin/kafka-topics.sh"},  # Kafka is installed in /opt/kafka
+    "timescale/timescaledb": {"pg_isready"},  # based on the postgres image (client tools)
+    "redis": {"redis-cli"},
+    "minio/minio": {"mc"},  # server images bundle the mc client (`mc ready local`)
+    "prom/prometheus": {"wget"},  # busybox base
+    "grafana/grafana": {"wget"},  # Alpine base (busybox wget); -ubuntu tags have no wget
+}
+# Health endpoints of third-party servers on their default ports (documented APIs).
+IMAGE_ENDPOINTS = {
+    "prom/prometheus": "http://127.0.0.1:9090/-/ready",
+    "grafana/grafana": "http://127.0.0.1:3000/api/health",
+}
+OUR_IMAGES = {"flow": DOCKERFILE, "mlflow": MLFLOW_DOCKERFILE}
+
+
+def healthcheck_argv(svc: dict[str, Any]) -> list[str]:
+    """The health check as an argv (CMD-SHELL: the shell words, env assignments dropped)."""
+    test = svc["healthcheck"]["test"]
+    if isinstance(test, str):
+        test = ["CMD-SHELL", test]
+    kind, *rest = test
+    words = shlex.split(rest[0]) if kind == "CMD-SHELL" else rest
+    assert kind in ("CMD", "CMD-SHELL"), kind
+    while words and re.fullmatch(r"[A-Z_]+=\S*", words[0]):
+        words = words[1:]
+    return words
+
+
+def test_health_checks_run_programs_the_images_have() -> None:
+    checked = set()
+    for name, svc in services().items():
+        if "healthcheck" not in svc:
+            continue
+        program = healthcheck_argv(svc)[0]
+        repo = svc["image"].split(":")[0]
+        if name in OUR_IMAGES or svc.get("build") or repo.startswith("${"):
+            dockerfile = OUR_IMAGES.get(name, DOCKERFILE)
+            base = dockerfile_instructions(dockerfile)[0]
+            assert base[0] == "FROM" and base[1].startswith("python:"), name
+            assert program == "python", f"{name}: {program} is not in a python image"
+        else:
+            assert program in IMAGE_PROGRAMS.get(repo, set()), f"{name}: {program} in {repo}?"
+        checked.add(name)
+    assert checked == {"kafka", "timescaledb", "redis", "minio", "mlflow", "prometheus",
+                       "grafana", "flow"}  # fmt: skip
+    # The other Kafka client in the stack uses the same program from the same image.
+    assert "/opt/kafka/bin/kafka-topics.sh" in command_list(services()["kafka-init"])[-1]
+    assert services()["kafka-init"]["image"] == services()["kafka"]["image"]
+
+
+def test_health_checks_address_what_the_services_serve() -> None:
+    svcs = services()
+    kafka = healthcheck_argv(svcs["kafka"])
+    bootstrap = kafka[kafka.index("--bootstrap-server") + 1]
+    listener_ports = [
+        v.rsplit(":", 1)[1]
+        for v in kafka_listeners(env_of(svcs["kafka"])["KAFKA_LISTENERS"]).values()
+    ]
+    assert bootstrap.split(":")[0] in ("localhost", "127.0.0.1")
+    assert bootstrap.rsplit(":", 1)[1] in listener_ports
+
+    pg = healthcheck_argv(svcs["timescaledb"])
+    pg_env = env_of(svcs["timescaledb"])
+    assert pg[pg.index("-U") + 1] == pg_env["POSTGRES_USER"]
+    assert pg[pg.index("-d") + 1] == pg_env["POSTGRES_DB"]
+    assert pg[pg.index("-p") + 1] == "5432" and "PGPORT" not in pg_env
+
+    assert healthcheck_argv(svcs["redis"]) == ["redis-cli", "ping"]
+    assert "--port" not in command_list(svcs["redis"])  # redis-cli's default port, 6379
+
+    for name in ("prometheus", "grafana"):
+        url = healthcheck_argv(svcs[name])[-1]
+        assert url == IMAGE_ENDPOINTS[svcs[name]["image"].split(":")[0]], name
+    assert not any(a.startswith("--web.listen-address") for a in command_list(svcs["prometheus"]))
+    assert "GF_SERVER_HTTP_PORT" not in env_of(svcs["grafana"])
+
+    mlflow_url = healthcheck_argv(svcs["mlflow"])[-1]
+    port = re.search(r"127\.0\.0\.1:(\d+)(/\w+)", mlflow_url)
+    assert port and f"--port={port[1]}" in command_list(svcs["mlflow"])
+    from mlflow.server import app  # the MLflow server this image runs (same pinned version)
+
+    assert app.test_client().get(port[2]).status_code == 200
+
+
+def test_flow_health_check_command_passes_against_the_flow_server_and_fails_without_it() -> None:
+    import socket
+
+    from connectors.health import HealthServer
+
+    svc = services()["flow"]
+    argv = healthcheck_argv(svc)
+    assert argv[:2] == ["python", "-c"]
+    code = argv[2]
+    port = env_of(svc)["PM_METRICS_PORT"]
+    assert env_of(svc)["PM_METRICS_ADDRESS"] == "0.0.0.0"
+    assert f"127.0.0.1:{port}/healthz" in code
+    server = HealthServer("127.0.0.1", 0).start()
+    try:
+        live = code.replace(f":{port}/", f":{server.port}/")
+        ok = subprocess.run([sys.executable, "-c", live], capture_output=True, timeout=30)
+        assert ok.returncode == 0, ok.stderr
+    finally:
+        server.close()
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        dead = code.replace(f":{port}/", f":{sock.getsockname()[1]}/")
+        down = subprocess.run([sys.executable, "-c", dead], capture_output=True, timeout=30)
+    assert down.returncode != 0
 
 
 def test_compose_variables_are_documented_with_consistent_defaults() -> None:
@@ -607,6 +725,135 @@ def test_entrypoint_runs_other_commands_unchanged(tmp_path: Path) -> None:
     assert _run_entrypoint(env, *cmd).returncode == 0
     assert calls.read_text().splitlines() == [" ".join(cmd[1:])]
     assert not (tmp_path / "rec").exists()
+
+
+def _image_user() -> tuple[str, int, str, dict[str, str]]:
+    """(user, uid, final working directory, ENV) of the project image, from the Dockerfile."""
+    instructions = dockerfile_instructions(DOCKERFILE)
+    user = [a for i, a in instructions if i == "USER"][-1]
+    useradd = next(a for i, a in instructions if i == "RUN" and "useradd" in a)
+    uid = int(re.search(r"--uid (\d+)", useradd)[1])  # type: ignore[index]
+    assert "--create-home" in useradd and re.search(rf"\b{user}\b", useradd)
+    workdir = [a for i, a in instructions if i == "WORKDIR"][-1]
+    env: dict[str, str] = {}
+    for args in (a for i, a in instructions if i == "ENV"):
+        env |= dict(w.split("=", 1) for w in shlex.split(args))
+    return user, uid, workdir, env
+
+
+def _run_flow_as_image_user(
+    cwd: Path, home: Path, metrics_port: int, api_port: int
+) -> subprocess.CompletedProcess[str]:
+    """The image's command through the entrypoint, as the image's uid (when we are root),
+    with the flow's health server on and Bytewax's API server (which writes dataflow.json
+    into the working directory), a short simulated run, no model, no outputs."""
+    _, uid, _, image_env = _image_user()
+    env = {
+        "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin",
+        "HOME": str(home),
+        # /app in the image is this checkout
+        "PYTHONPATH": str(ROOT),
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "PM_SQL_DIR": str(ROOT / "infra" / "sql"),
+        "PM_RECOVERY_PARTITIONS": image_env["PM_RECOVERY_PARTITIONS"],
+        "PM_SOURCE": "simulator",
+        "PM_SIMULATOR__NUM_EQUIPMENT": "2",
+        "PM_SIMULATOR__READINGS": "3000",
+        "PM_OUTPUT": "none",
+        "PM_MODEL": "none",
+        "PM_METRICS_PORT": str(metrics_port),
+        "PM_METRICS_ADDRESS": "127.0.0.1",
+        "BYTEWAX_DATAFLOW_API_ENABLED": "1",
+        "BYTEWAX_DATAFLOW_API_PORT": str(api_port),
+    }
+    (cmd,) = [json.loads(a) for i, a in dockerfile_instructions(DOCKERFILE) if i == "CMD"]
+    cmd = [str(home / "recovery") if c == "/recovery" else c for c in cmd]
+    argv = ["/bin/sh", str(ENTRYPOINT), *cmd]
+    if os.geteuid() == 0:
+        # Drop to the image's uid. Only reading and searching stay allowed everywhere
+        # (CAP_DAC_READ_SEARCH): this checkout's interpreter may live under a directory
+        # that uid cannot read (e.g. /root/.pyenv; in the image it is /usr/local); writes
+        # follow the uid's permissions.
+        caps = ["--inh-caps", "+dac_read_search", "--ambient-caps", "+dac_read_search"]
+        argv = ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", *caps, *argv]
+    proc = subprocess.Popen(
+        argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    healthz = []
+    deadline = time.monotonic() + 120
+    while proc.poll() is None and time.monotonic() < deadline:
+        try:
+            url = f"http://127.0.0.1:{metrics_port}/healthz"
+            healthz.append(urllib.request.urlopen(url, timeout=2).status)
+        except OSError:
+            pass
+        time.sleep(0.05)
+    try:
+        out, err = proc.communicate(timeout=max(1.0, deadline - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+    return subprocess.CompletedProcess(argv, proc.returncode, out, err + f"\nhealthz: {healthz}")
+
+
+def _free_ports(n: int) -> list[int]:
+    import socket
+
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for sock in socks:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in socks]
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+def _user_dir(uid: int, mode: int = 0o755) -> Path:
+    """A new directory under /tmp owned by ``uid`` (pytest's tmp_path is private to us)."""
+    path = Path(tempfile.mkdtemp(prefix="pm-image-user-"))
+    if os.geteuid() == 0:
+        os.chown(path, uid, uid)
+    path.chmod(mode)
+    return path
+
+
+@pytest.mark.skipif(os.geteuid() == 0 and not shutil.which("setpriv"), reason="needs setpriv")
+def test_image_command_runs_as_the_image_user_in_its_home() -> None:
+    user, uid, workdir, image_env = _image_user()
+    assert user not in ("root", "0") and workdir == f"/home/{user}"  # useradd --create-home
+    assert image_env["PYTHONPATH"] == "/app", "the code is imported from /app, any cwd"
+    home = _user_dir(uid)  # the image's WORKDIR: the user's own home
+    try:
+        metrics_port, api_port = _free_ports(2)
+        result = _run_flow_as_image_user(home, home, metrics_port, api_port)
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert "200" in result.stderr.rsplit("healthz: ", 1)[1], "/healthz never answered"
+        written = {p.name: p.stat().st_uid for p in home.iterdir()}
+        assert written.get("dataflow.json") == (uid if os.geteuid() == 0 else os.geteuid())
+        parts = sorted(p.name for p in (home / "recovery").iterdir())
+        assert parts == [
+            f"part-{i}.sqlite3" for i in range(int(image_env["PM_RECOVERY_PARTITIONS"]))
+        ]
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.mark.skipif(os.geteuid() == 0 and not shutil.which("setpriv"), reason="needs setpriv")
+def test_image_command_fails_in_a_working_directory_the_user_cannot_write() -> None:
+    """Why the image's WORKDIR is the user's home: /app belongs to root."""
+    _, uid, _, _ = _image_user()
+    home = _user_dir(uid)
+    readonly = _user_dir(0, 0o755) if os.geteuid() == 0 else _user_dir(os.geteuid(), 0o555)
+    try:
+        metrics_port, api_port = _free_ports(2)
+        result = _run_flow_as_image_user(readonly, home, metrics_port, api_port)
+        assert result.returncode != 0
+        assert "Permission denied" in result.stderr
+    finally:
+        readonly.chmod(0o755)
+        shutil.rmtree(home, ignore_errors=True)
+        shutil.rmtree(readonly, ignore_errors=True)
 
 
 def test_entrypoint_rejects_a_bad_partition_count(tmp_path: Path) -> None:
