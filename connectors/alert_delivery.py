@@ -51,7 +51,9 @@ class DeliveryWorker:
         self._wake = threading.Event()
         self._lock = threading.Lock()
         self._busy = 0  # queued or being sent
-        self._idle = threading.Event()
+        self._idle = threading.Condition(self._lock)
+        self._idle_asked = 0  # wait_idle calls so far
+        self._idle_seen = 0  # the latest call answered by a scheduler pass that found nothing
         self._stopping = False
         self._store_down = False
         self._threads: list[threading.Thread] = []
@@ -89,10 +91,13 @@ class DeliveryWorker:
             log.exception("alert delivery: close failed")
 
     def wait_idle(self, timeout_s: float) -> bool:
-        """Block until nothing is due or in flight (True), or ``timeout_s`` passed."""
-        self._idle.clear()
-        self._wake.set()
-        return self._idle.wait(timeout_s)
+        """Block until a scheduler pass that began after this call found nothing due and
+        nothing in flight (True), or ``timeout_s`` passed (False)."""
+        with self._lock:
+            self._idle_asked += 1
+            asked = self._idle_asked
+            self._wake.set()
+            return self._idle.wait_for(lambda: self._idle_seen >= asked, timeout_s)
 
     # -- the sink's side ----------------------------------------------------------------
     def submit(self, alerts: Sequence[Alert]) -> int:
@@ -104,7 +109,7 @@ class DeliveryWorker:
         delay = 0.5
         while True:  # the flow waits for its database, as the PostgreSQL sink does
             try:
-                new = self.ledger.record(messages, self.targets)
+                new = self.ledger.record(messages, self.targets, alerts)
                 break
             except psycopg.OperationalError as exc:
                 metrics.ALERT_DELIVERY_FAILURES.labels("store").inc()
@@ -128,12 +133,14 @@ class DeliveryWorker:
                 break
             with self._lock:
                 free = self.settings.concurrency - self._busy
+                asked = self._idle_asked
             claimed = 0
             if free > 0:
                 claimed = self._claim(free)
             with self._lock:
                 if claimed == 0 and self._busy == 0:
-                    self._idle.set()
+                    self._idle_seen = asked
+                    self._idle.notify_all()
 
     def _claim(self, limit: int) -> int:
         try:

@@ -30,6 +30,7 @@ import redis
 
 from alerting.notify import Message
 from connectors import metrics
+from models.schemas import Alert
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,9 @@ class Job:
 
 
 class Ledger(Protocol):
-    def record(self, messages: Sequence[Message], targets: dict[str, str]) -> int: ...
+    def record(
+        self, messages: Sequence[Message], targets: dict[str, str], alerts: Sequence[Alert] = ()
+    ) -> int: ...
 
     def claim(self, limit: int) -> list[Job]: ...
 
@@ -80,6 +83,21 @@ FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[]) AS x(a, t, l, p)
 ON CONFLICT (alert_id, target) DO NOTHING
 RETURNING 1
 """
+
+
+_RECORD_WITH_ALERTS_SQL = (
+    """
+WITH stored AS (
+    INSERT INTO alerts (alert_id, equipment_id, ts, rule, severity, state, value, threshold,
+                        message, evidence)
+    SELECT a, e, t, r, s, st, v, th, m, ev::jsonb
+    FROM unnest(%s::text[], %s::text[], %s::timestamptz[], %s::text[], %s::text[],
+                %s::text[], %s::float8[], %s::float8[], %s::text[], %s::text[])
+         AS x(a, e, t, r, s, st, v, th, m, ev)
+    ON CONFLICT DO NOTHING
+)"""
+    + _RECORD_SQL
+)
 
 
 class PostgresLedger:
@@ -124,9 +142,16 @@ class PostgresLedger:
                 self._conn = None
                 raise
 
-    def record(self, messages: Sequence[Message], targets: dict[str, str]) -> int:
+    def record(
+        self, messages: Sequence[Message], targets: dict[str, str], alerts: Sequence[Alert] = ()
+    ) -> int:
         """Add a pending entry per message and target (fingerprint → masked label);
-        return how many were new (the others were recorded before: replays)."""
+        return how many were new (the others were recorded before: replays).
+
+        ``alerts`` (the alerts behind ``messages``) are written to the ``alerts`` table in
+        the same statement, so nothing is ever delivered that the table does not hold,
+        even when the PostgreSQL sink's buffer dies with a crash and the replay computes
+        another alert (e.g. a fleet-level one, whose timing depends on arrival order)."""
         rows = [(m, fp, label) for m in messages for fp, label in targets.items()]
         if not rows:
             return 0
@@ -136,7 +161,16 @@ class PostgresLedger:
             [label for _, _, label in rows],
             [json.dumps(m.to_json()) for m, _, _ in rows],
         )
-        return len(self._run(_RECORD_SQL, params))
+        if not alerts:
+            return len(self._run(_RECORD_SQL, params))
+        from connectors.postgres_sink import dumps_json, ms_to_datetime
+
+        columns = list(zip(*[
+            (a.alert_id, a.equipment_id, ms_to_datetime(a.ts_ms), a.rule, a.severity,
+             a.state, a.value, a.threshold, a.message, dumps_json(a.evidence))
+            for a in alerts
+        ], strict=True))  # fmt: skip
+        return len(self._run(_RECORD_WITH_ALERTS_SQL, (*map(list, columns), *params)))
 
     def claim(self, limit: int) -> list[Job]:
         rows = self._run(
@@ -222,7 +256,9 @@ class LocalLedger:
         self._unmarked: list[tuple[str, str]] = []  # confirmed while Redis was down
         self._lock = threading.Lock()
 
-    def record(self, messages: Sequence[Message], targets: dict[str, str]) -> int:
+    def record(
+        self, messages: Sequence[Message], targets: dict[str, str], alerts: Sequence[Alert] = ()
+    ) -> int:
         new = 0
         now = self._clock()
         with self._lock:

@@ -86,7 +86,9 @@ class FlowProcesses:
             )
         self.runs += 1
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        addresses = ";".join(f"127.0.0.1:{self.base_port + i}" for i in range(self.processes))
+        # fresh ports per run: a killed cluster's sockets may linger
+        port = self.base_port + 10 * self.runs
+        addresses = ";".join(f"127.0.0.1:{port + i}" for i in range(self.processes))
         cmd = [
             sys.executable,
             "-m",
@@ -123,6 +125,18 @@ class FlowProcesses:
                 os.killpg(p.pid, signal.SIGKILL)
         for p in self.procs:
             p.wait(30)
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        """Interrupt every process (SIGINT, as Ctrl-C) and wait; SIGKILL what is left."""
+        for p in self.procs:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGINT)
+        deadline = time.monotonic() + timeout_s
+        for p in self.procs:
+            try:
+                p.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                self.kill()
 
     def wait(self, timeout_s: float) -> list[int]:
         """Wait for every process to end by itself; exit codes. Kills them on time-out."""
