@@ -294,8 +294,8 @@ def test_model_performance_queries_answer_correctly(fleet_db: str) -> None:
     by_version = results["Predictions by model version"]
     versions = {(r["version"], r["type"]): r["predictions"] for r in by_version}
     assert versions == {("3", "turbofan_engine"): 1, ("4", "turbofan_engine"): 1, ("4", "pump"): 1}
-    hist = {r["RUL from (h)"]: r["predictions"] for r in results["RUL distribution (hours)"]}
-    assert hist == {0: 1, 48: 1, 480: 1}  # 10 h, 60 h and 900 h (the last bin: 480 h and more)
+    hist = [(r["RUL"], r["predictions"]) for r in results["RUL distribution (hours)"]]
+    assert hist == [("0-24 h", 1), ("48-72 h", 1), ("480+ h", 1)]  # 10 h, 60 h and 900 h
     quantiles = results["Health distribution (p10, median, p90)"]
     assert [r["median"] for r in quantiles] == pytest.approx([0.55, 0.6])  # (0.9, 0.2) then 0.6
     band = sorted((r["metric"], r["band_hours"]) for r in results["RUL band width (median, hours)"])
