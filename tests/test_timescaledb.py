@@ -3,12 +3,15 @@ with TimescaleDB 2.23, the PGlite WASM build that infra/scripts/timescaledb.sh s
 
 That server cannot COPY, so the COPY writer is proven on PostgreSQL 15 (test_postgres.py);
 here rows go in with INSERT, and the writer's own INSERT ... SELECT ... ON CONFLICT statements
-run from staging tables filled by INSERT. It has no background workers: the policies are run
-in the foreground with CALL run_job(), as an operator would.
+run from staging tables filled by INSERT. The fleet tool's queries must give the same answers
+as on PostgreSQL 15 (the dashboards' queries: test_dashboards.py). It has no background
+workers: the policies are run in the foreground with CALL run_job(), as an operator would.
 """
 
 from __future__ import annotations
 
+import re
+from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -256,3 +259,60 @@ def test_health_hourly_continuous_aggregate(tsdb: str) -> None:
         conn.execute(insert, ("pump-0001", t0 + timedelta(hours=4), 40.0, 40.0, 0.2))
     got = rows(tsdb, query)
     assert len(got) == 7 and got[-1][1] == "pump-0001" and got[-1][3] == pytest.approx(0.2)
+
+
+def fleet_answers(dsn: str) -> dict[str, Any]:
+    """Everything the fleet tool (pm fleet / alerts, the web page) reads, for the seed."""
+    from connectors import fleet_queries as fq
+    from connectors.fleet_fatigue import fatigue
+
+    with fq.connect(dsn) as conn:
+        out: dict[str, Any] = {
+            "status": [asdict(m) for m in fq.fleet_status(conn)],
+            "machine": asdict(fq.machine(conn, "pump-0001")),  # type: ignore[arg-type]
+            "history": fq.history(conn, "turbofan-0001"),
+            "alerts_for": fq.alerts_for(conn, "pump-0001"),
+            "open": [
+                {k: v for k, v in r.items() if k != "acknowledged_at"} for r in fq.open_alerts(conn)
+            ],
+            "spans": fq.observed_spans(conn),
+        }
+        ack = fq.acknowledge(conn, "a3", "alice")
+        out["ack"] = (ack.alert_id, ack.rule, ack.acknowledged_by, ack.already)
+        out["ack_again"] = fq.acknowledge(conn, "a3", "bob").already
+        report = fatigue(fq.all_alerts(conn), fq.observed_spans(conn))
+        out["fatigue"] = report.to_json_dict()
+    return _when_acknowledged_as_flag(out)
+
+
+def _when_acknowledged_as_flag(node: Any) -> Any:
+    """``acknowledged_at`` and the times to acknowledge (they count from now(), the time of
+    the run) as whether they are set."""
+    if isinstance(node, dict):
+        return {
+            k: (v is not None)
+            if re.fullmatch(r"acknowledged_at|ack_\w+_s", k)
+            else _when_acknowledged_as_flag(v)
+            for k, v in node.items()
+        }
+    if isinstance(node, list | tuple):
+        return type(node)(_when_acknowledged_as_flag(v) for v in node)
+    return node
+
+
+def test_the_fleet_tool_answers_the_same_on_both_schema_paths(
+    fresh_db: str, fresh_tsdb: str
+) -> None:
+    from tests.test_dashboards import seed
+
+    answers = {}
+    for dsn in (fresh_db, fresh_tsdb):
+        apply_migrations(dsn)
+        seed(dsn)
+        answers[storage_path(dsn)] = fleet_answers(dsn)
+    plain, tsdb = answers["plain"], answers["timescaledb"]
+    assert [m["equipment_id"] for m in tsdb["status"]] == ["pump-0001", "turbofan-0001"]
+    assert tsdb["ack"] == ("a3", "rul_low", "alice", False) and tsdb["ack_again"] is True
+    assert len(tsdb["history"]) == 2 and len(tsdb["alerts_for"]) == 3
+    for key in plain:
+        assert tsdb[key] == plain[key], key
