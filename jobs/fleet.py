@@ -296,6 +296,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"pm: {exc}", file=sys.stderr)
     except (ValidationError, FileNotFoundError) as exc:
         print(f"pm: bad configuration: {redact(str(exc), [dsn])}", file=sys.stderr)
+    except psycopg.errors.UndefinedTable as exc:
+        hint = "no fleet schema here: run python -m connectors.migrate --database-url URL"
+        first = (str(exc).strip().splitlines() or [""])[0]
+        print(f"pm: {hint} ({redact(first, [dsn])})", file=sys.stderr)
     except psycopg.Error as exc:  # psycopg may echo the DSN, password included
         print(f"pm: database error: {redact(str(exc).strip(), [dsn])}", file=sys.stderr)
     except redis.RedisError as exc:

@@ -79,6 +79,14 @@ def test_no_database_configured_is_a_clear_error(capsys: pytest.CaptureFixture[s
     assert rc == 2 and "set PM_DATABASE_URL or pass --database-url" in err
 
 
+def test_database_without_schema_says_to_migrate(
+    fresh_db: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rc, out, err = pm(capsys, "fleet", "status", "--database-url", fresh_db)
+    assert rc == 2 and out == ""
+    assert err.startswith("pm: no fleet schema here: run python -m connectors.migrate")
+
+
 def test_equipment_history_alerts_and_plot(
     fleet_db: str, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
