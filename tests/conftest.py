@@ -66,7 +66,8 @@ def fresh_tsdb() -> Iterator[str]:
     """DSN of the TimescaleDB test server (PM_TEST_TIMESCALE_URL), emptied, for this test only.
 
     The server (infra/scripts/timescaledb.sh) has one in-memory database and no COPY: use it
-    for the schema and queries, not for the COPY writer.
+    for the schema and queries, not for the COPY writer. It serves one session at a time:
+    a second connection opened while one is open waits (up to 60 s) for the first to close.
     """
     from tests.timescale import exclusive, reset
 
