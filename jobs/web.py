@@ -108,6 +108,8 @@ def _table(headers: Sequence[str], rows: Sequence[tuple[str, Sequence[str]]]) ->
 
 
 def _machine_link(equipment_id: str) -> str:
+    if equipment_id.startswith("fleet:"):  # a fleet-level rule (feature drift): no machine page
+        return _e(equipment_id)
     query = urllib.parse.urlencode({"id": equipment_id})
     return f"<a href='/machine?{_e(query)}'>{_e(equipment_id)}</a>"
 
