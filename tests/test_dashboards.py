@@ -214,6 +214,8 @@ def seed(dsn: str) -> None:
             ("a4", "pump-0001", T0, "anomaly_high", "critical", "firing", True),
             ("a5", "pump-0001", T0, "health_low", "warning", "firing", False),
             ("a6", "pump-0001", T0 + half, "health_low", "critical", "escalated", False),
+            # fires again 1 h after it resolved: a flap (within the 6 h dwell)
+            ("a7", "turbofan-0001", T0 + 2 * H, "health_low", "warning", "firing", False),
         ]
         conn.cursor().executemany(
             "INSERT INTO alerts (alert_id, equipment_id, ts, rule, severity, state, value,"
@@ -276,16 +278,53 @@ def test_equipment_health_queries_answer_correctly(fleet_db: str) -> None:
     open_alerts = {(r["equipment"], r["rule"], r["state"]) for r in results["Open alerts"]}
     assert open_alerts == {
         ("turbofan-0001", "rul_low", "firing"),
+        ("turbofan-0001", "health_low", "firing"),
         ("pump-0001", "health_low", "escalated"),
     }
     assert results["Open alerts"][0]["severity"] == "critical"
-    assert results["Open alerts (count)"] == [{"critical": 2, "warning": 0}]
-    assert len(results["Alert history"]) == 6
+    assert results["Open alerts (count)"] == [{"critical": 2, "warning": 1}]
+    assert len(results["Alert history"]) == 7
     health = {(r["metric"], r["health_avg"]) for r in results["Health (hourly average)"]}
     assert ("turbofan-0001", 0.9) in health and ("pump-0001", 0.2) in health
     rul = results["Remaining useful life (hours)"]
     assert {r["metric"] for r in rul} == {"turbofan-0001", "pump-0001"}
     assert [r["kind"] for r in results["Maintenance and failures"]] == ["failure"]
+
+    # The fatigue panels give the figures of `pm alerts fatigue` (connectors.fleet_fatigue).
+    from connectors import fleet_queries as fq
+    from connectors.fleet_fatigue import fatigue
+
+    with fq.connect(fleet_db) as conn:
+        report = fatigue(fq.all_alerts(conn), fq.observed_spans(conn)).to_json_dict()
+    for panel, key, figures in (
+        ("Alert fatigue per rule", "rule", report["rules"]),
+        ("Alert fatigue per machine", "equipment", report["machines"]),
+    ):
+        got = [
+            {
+                "key": r[key],
+                "alerts": r["alerts"],
+                "per_machine_day": float(r["per machine-day"]),
+                "episodes": r["episodes"],
+                "flaps": r["flaps"],
+                "flap_rate": float(r["flap rate"] or 0),
+                "acked": r["acked"],
+                "ack_median_s": r["time to ack (median)"],
+                "ack_max_s": r["time to ack (max)"],
+            }
+            for r in results[panel]
+        ]
+        assert [g["key"] for g in got] == [f["key"] for f in figures], panel
+        for g, f in zip(got, figures, strict=True):
+            for name in ("ack_median_s", "ack_max_s"):
+                assert (g[name] is None) == (f[name] is None), (panel, g["key"], name)
+                if f[name] is not None:
+                    assert float(g[name]) == pytest.approx(f[name], abs=0.1)
+                g[name] = f[name]
+            assert g == {k: f[k] for k in g}, panel
+    flaps = {(f["key"], f["flaps"]) for f in report["rules"] + report["machines"] if f["flaps"]}
+    assert flaps == {("health_low", 1), ("turbofan-0001", 1)}
+    assert [f["acked"] for f in report["rules"] if f["key"] == "anomaly_high"] == [1]
 
 
 @pytest.mark.integration
