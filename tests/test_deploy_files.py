@@ -672,6 +672,9 @@ def test_entrypoint_gives_each_process_its_share_of_the_recovery_partitions(
     assert len(list((tmp_path / "rec1").iterdir())) == 2
     assert sum("bytewax.recovery" in line for line in calls.read_text().splitlines()) == 2
 
+    result = _run_entrypoint(env, *flow, "-i", "", "-a", addresses, "-r", str(tmp_path / "r"))
+    assert result.returncode == 2 and "process id (-i) is empty" in result.stderr
+
     env["PM_RECOVERY_PARTITIONS"] = "1"  # fewer partitions than processes: refused
     result = _run_entrypoint(env, *flow, "-i", "0", "-a", addresses, "-r", str(tmp_path / "r"))
     assert result.returncode == 2 and "fewer than the 2 processes" in result.stderr

@@ -49,6 +49,12 @@ if [ "$is_flow" != true ]; then
   exec "$@"
 fi
 
+if [ -n "$addresses" ] && [ -z "$process_id" ]; then
+  log "-a/BYTEWAX_ADDRESSES is set but the process id (-i) is empty (on Kubernetes: the"
+  log "pod-index label needs Kubernetes >= 1.28)"
+  exit 2
+fi
+
 if [ -n "$recovery_dir" ]; then
   partitions="${PM_RECOVERY_PARTITIONS:-4}"
   case "$partitions" in
