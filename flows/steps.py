@@ -190,9 +190,9 @@ class EquipmentLogic(StatefulBatchLogic[Reading, Scored | DeadLetter, bytes]):
             metrics.EQUIPMENT_ACTIVE.inc()
         if self.state is not None and self._resumed:
             self._resumed = False
-            reason = rt.rewarm_reason(self.state, values[0])
-            if reason is not None:
-                rt.note_rewarm(values[0].equipment_type, reason)
+            why = rt.rewarm_reason(self.state, values[0])
+            if why is not None:
+                rt.note_rewarm(values[0].equipment_type, why)
                 self.state = None
         if self.state is None:
             self.state = rt.new_equipment_state(values[0])
