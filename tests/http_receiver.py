@@ -154,11 +154,14 @@ class HttpReceiver:
                 if receiver.delay_s:
                     time.sleep(receiver.delay_s)
                 reply = b'{"ok": true}' if status < 300 else b'{"ok": false}'
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(reply)))
-                self.end_headers()
-                self.wfile.write(reply)
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(reply)))
+                    self.end_headers()
+                    self.wfile.write(reply)
+                except (BrokenPipeError, ConnectionResetError):
+                    self.close_connection = True  # the client gave up (its timeout)
 
             do_POST = do_PUT = do_GET = do_PATCH = do_DELETE = _handle
 

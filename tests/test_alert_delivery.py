@@ -11,6 +11,7 @@ the issue's scenario is 60).
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -88,9 +89,12 @@ def rows(dsn: str) -> list[tuple[Any, ...]]:
 
 
 @pytest.mark.parametrize("fault", ["http_500", "receiver_down"])
-def test_failed_delivery_is_retried_on_the_timer_and_delivered_once(db: str, fault: str) -> None:
+def test_failed_delivery_is_retried_on_the_timer_and_delivered_once(
+    db: str, fault: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING)
     port = free_port()
-    url = f"json://127.0.0.1:{port}/hook"
+    url = f"json://user:hunter2@127.0.0.1:{port}/hook"
     failures = metrics.ALERT_DELIVERY_FAILURES.labels("target")
     failures_before = failures._value.get()
     rx = HttpReceiver(port=port, status=500).start() if fault == "http_500" else None
@@ -116,6 +120,12 @@ def test_failed_delivery_is_retried_on_the_timer_and_delivered_once(db: str, fau
         worker.close()
         if rx is not None:
             rx.stop()
+    # Every failure was logged, and no log line or stored column holds the password.
+    assert sum("failed (attempt" in r.getMessage() for r in caplog.records) >= 2
+    assert not [r.getMessage() for r in caplog.records if "hunter2" in r.getMessage()]
+    with psycopg.connect(db) as conn:
+        (dump,) = conn.execute("SELECT string_agg(t::text, ' ') FROM alert_deliveries t").fetchone()
+    assert "hunter2" not in dump and "user:****@" in dump
 
 
 def test_partial_failure_does_not_resend_to_the_target_that_got_it(db: str) -> None:
@@ -279,10 +289,13 @@ def _outage_s() -> float:
     return float(os.environ.get("PM_TEST_REDIS_OUTAGE_S", "5"))
 
 
-def test_redis_down_during_a_flow_run(db: str, model_dir: Any, private_redis: Any) -> None:
+def test_redis_down_during_a_flow_run(
+    db: str, model_dir: Any, private_redis: Any, caplog: pytest.LogCaptureFixture
+) -> None:
     """Redis status and alert delivery on; Redis is stopped for a while mid-stream, and
     entirely during a replay: no crash, no duplicate page (the database dedups), the
     outage is counted, status writes resume when Redis is back."""
+    caplog.set_level(logging.WARNING, logger="connectors.redis_state")
     outage_s = _outage_s()
     records = _degrading_records()
     third = len(records) // 3
@@ -329,6 +342,8 @@ def test_redis_down_during_a_flow_run(db: str, model_dir: Any, private_redis: An
             private_redis.start("redis")
         assert len([x for x in replay if isinstance(x, Prediction)]) == len(records)
         assert delivered_ids(rx.requests) == {a: 1 for a in alerts}
+    lines = [r.getMessage() for r in caplog.records]
+    assert sum("redis (status) unavailable" in m for m in lines) == 2, lines  # once per outage
 
     # Status writes resumed after the outage: the newest prediction per machine.
     status = RedisStatusStore(private_redis.redis_url)
