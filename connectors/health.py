@@ -26,7 +26,7 @@ from typing import Any
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from connectors import metrics
-from models.logsafe import redact
+from models.logsafe import redact, secret_parts
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +137,10 @@ def postgres_check(dsn: str) -> Check:
                 conn.execute("SELECT 1")
             return True, "SELECT 1 ok"
         except Exception as exc:
-            return False, f"{type(exc).__name__}: {redact(str(exc), [dsn]).strip()[:200]}"
+            return (
+                False,
+                f"{type(exc).__name__}: {redact(str(exc), secret_parts(dsn)).strip()[:200]}",
+            )
 
     return cached(check)
 
@@ -155,7 +158,10 @@ def redis_check(url: str) -> Check:
             client.ping()
             return True, "PING ok"
         except Exception as exc:
-            return False, f"{type(exc).__name__}: {redact(str(exc), [url]).strip()[:200]}"
+            return (
+                False,
+                f"{type(exc).__name__}: {redact(str(exc), secret_parts(url)).strip()[:200]}",
+            )
         finally:
             client.close()
 

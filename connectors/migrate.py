@@ -17,7 +17,7 @@ from pathlib import Path
 
 import psycopg
 
-from models.logsafe import redact
+from models.logsafe import redact, secret_parts
 
 SQL_DIR = Path(__file__).resolve().parents[1] / "infra" / "sql"
 
@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _report(args.database_url, args.sql_dir)
     except psycopg.Error as exc:  # psycopg may echo the DSN, password included
-        message = redact(f"{type(exc).__name__}: {exc}", [args.database_url])
+        message = redact(f"{type(exc).__name__}: {exc}", secret_parts(args.database_url))
         print(f"migrate: {message.strip()}", file=sys.stderr)
         return 2
 

@@ -14,7 +14,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from models.logsafe import redact
+from models.logsafe import redact, secret_parts
 from models.rul import RulModel
 
 log = logging.getLogger(__name__)
@@ -92,7 +92,10 @@ def registry_version(uri: str, tracking_uri: str) -> str:
     except Exception as exc:
         # the tracking URI may carry credentials (https://user:token@host): never echo them
         raise ModelLoadError(
-            redact(f"cannot resolve {uri} in MLflow at {tracking_uri}: {exc}", [tracking_uri])
+            redact(
+                f"cannot resolve {uri} in MLflow at {tracking_uri}: {exc}",
+                secret_parts(tracking_uri),
+            )
         ) from None
 
 
@@ -111,7 +114,9 @@ def load_registry(uri: str, tracking_uri: str) -> ModelBundle:
             )
         except Exception as exc:
             raise ModelLoadError(
-                redact(f"cannot download {uri} (version {version}): {exc}", [tracking_uri])
+                redact(
+                    f"cannot download {uri} (version {version}): {exc}", secret_parts(tracking_uri)
+                )
             ) from None
         return load_path(local, version=version, source=uri)
 

@@ -38,7 +38,7 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import set_json_dumps
 
-from models.logsafe import redact
+from models.logsafe import redact, secret_parts
 from models.schemas import Alert, Prediction, Reading
 from models.schemas import finite as _finite
 from models.schemas import json_default as _json_default
@@ -329,7 +329,9 @@ class PostgresWriter:
             except RETRYABLE_ERRORS as exc:
                 attempts += 1
                 self.retries += 1
-                self.last_error = redact(f"{type(exc).__name__}: {exc}", [self.dsn]).strip()
+                self.last_error = redact(
+                    f"{type(exc).__name__}: {exc}", secret_parts(self.dsn)
+                ).strip()
                 self._drop_connection()
                 now = time.perf_counter()
                 if attempts == 1 or now - last_log >= OUTAGE_LOG_EVERY_S:
@@ -397,7 +399,7 @@ class PostgresWriter:
                 application_name=self.application_name,
             )
         except psycopg.ProgrammingError as exc:  # a malformed DSN: its message echoes it
-            raise psycopg.ProgrammingError(redact(str(exc), [self.dsn])) from None
+            raise psycopg.ProgrammingError(redact(str(exc), secret_parts(self.dsn))) from None
         try:
             for name, seconds in (
                 ("statement_timeout", self.statement_timeout_s),

@@ -236,7 +236,12 @@ class Settings(BaseSettings):
 
     def secret_values(self) -> list[str]:
         """Every secret setting's value, to mask in messages that might echo one."""
-        values = [v.get_secret_value() for v in (self.database_url, self.redis_url) if v]
+        from models.logsafe import secret_parts
+
+        values = [
+            p for v in (self.database_url, self.redis_url) if v
+            for p in secret_parts(v.get_secret_value())
+        ]  # fmt: skip
         values += [u.get_secret_value() for u in self.apprise_urls]
         values += [v.get_secret_value() for v in self.kafka.client_config.values()]
         return [v for v in values if v]
