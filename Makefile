@@ -11,14 +11,15 @@ DEFAULT_MODEL := $(MODEL_DIR)/turbofan_engine.onnx
 SERVICES_DIR ?= $(CURDIR)/.services
 export PM_SERVICES_DIR := $(SERVICES_DIR)
 
-.PHONY: help install run train retrain eval-detector test test-unit services-up services-down health lint format bench clean
+.PHONY: help install run train retrain eval-detector test test-unit services-up services-down health lint format bench bench-micro clean
 
 help:
 	@echo "make run            embedded demo: simulator in, console out (no services needed)"
 	@echo "make test           start Kafka, PostgreSQL, Redis on 127.0.0.1 and run every test"
 	@echo "make train          train, validate, export ONNX and register the model in MLflow"
 	@echo "make retrain        challenger from PostgreSQL history vs the production model"
-	@echo "make bench          throughput benchmarks (a table)"
+	@echo "make bench          end to end: Kafka -> flow -> PostgreSQL + Kafka (table, bench.json)"
+	@echo "make bench-micro    per-stage micro-benchmarks (a table)"
 	@echo "make eval-detector  anomaly detector on labelled simulator faults (a table)"
 	@echo "make services-up    start the local services (data kept; FRESH=1: empty); services-down stops them"
 	@echo "make lint           ruff check, ruff format --check, mypy"
@@ -66,14 +67,17 @@ test: $(STAMP) services-up
 test-unit: $(STAMP)
 	$(PY) -m pytest -m "not integration"
 
-bench: $(STAMP) $(DEFAULT_MODEL)
+bench: $(STAMP) $(DEFAULT_MODEL) services-up
+	set -a && . "$(SERVICES_DIR)/env" && set +a && $(PY) -m tests.bench_e2e $(BENCH_ARGS)
+
+bench-micro: $(STAMP) $(DEFAULT_MODEL)
 	if [ -f "$(SERVICES_DIR)/env" ]; then set -a && . "$(SERVICES_DIR)/env" && set +a; fi; \
 	$(PY) -m tests.bench
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy models alerting connectors jobs
+	$(VENV)/bin/mypy models alerting connectors jobs flows
 
 format: $(STAMP)
 	$(VENV)/bin/ruff format .
