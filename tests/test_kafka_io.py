@@ -88,9 +88,17 @@ def test_prediction_message_key_value_and_deterministic_id() -> None:
 
 def test_alert_message_uses_alert_id() -> None:
     alert = Alert(
-        "al-123", "pump-01", T0, "rul_low", "critical", "firing", 9.5, 10.0, "RUL low",
+        "al-123",
+        "pump-01",
+        T0,
+        "rul_low",
+        "critical",
+        "firing",
+        9.5,
+        10.0,
+        "RUL low",
         {"rul": 9.5},
-    )  # fmt: skip
+    )
     key, value, headers = alert_message(alert)
     assert key == b"pump-01" and value is not None
     assert headers == [("message_id", b"al-123")]
@@ -99,8 +107,14 @@ def test_alert_message_uses_alert_id() -> None:
 
 def test_dead_letter_message_keeps_original_bytes_and_key() -> None:
     raw = b"\xff\xfe not utf-8"
-    dl = DeadLetter("payload is not UTF-8", "?? not utf-8", Origin("kafka:raw", "3", 41), raw=raw,
-                    key=b"k1", equipment_id="p-9")  # fmt: skip
+    dl = DeadLetter(
+        "payload is not UTF-8",
+        "?? not utf-8",
+        Origin("kafka:raw", "3", 41),
+        raw=raw,
+        key=b"k1",
+        equipment_id="p-9",
+    )
     key, value, headers = dead_letter_message(dl, "raw", now_ms=T0)
     h = dict(headers)
     assert (key, value) == (b"k1", raw)
@@ -268,21 +282,29 @@ def good_readings(n: int) -> list[Reading]:
 # (value, expected part of the reason)
 BAD_PAYLOADS: list[tuple[bytes, str]] = [
     (b'{"equipment_id": "turbofan-0001", "sensors": ', "invalid JSON"),
-    (b'{"equipment_id": "turbofan-0001", "ts": "2026-11-27T09:00:00Z", "sensors": {"T24": 1}}',
-     "missing field 'equipment_type'"),
-    (b'{"equipment_id": "turbofan-0002", "equipment_type": "turbofan_engine", '
-     b'"ts": "2026-11-27T09:00:00Z", "sensors": {"T24": NaN}}', "not a finite number"),
+    (
+        b'{"equipment_id": "turbofan-0001", "ts": "2026-11-27T09:00:00Z", "sensors": {"T24": 1}}',
+        "missing field 'equipment_type'",
+    ),
+    (
+        b'{"equipment_id": "turbofan-0002", "equipment_type": "turbofan_engine", '
+        b'"ts": "2026-11-27T09:00:00Z", "sensors": {"T24": NaN}}',
+        "not a finite number",
+    ),
     (b"\xff\xfe\x00\x81 not utf-8", "not UTF-8"),
     (b"[1, 2, 3]", "must be a JSON object"),
     (b"", "invalid JSON"),
-    (b'{"equipment_id": "turbofan-0003", "equipment_type": "turbofan_engine", '
-     b'"ts": "yesterday", "sensors": {"T24": 1}}', "not an ISO-8601 timestamp"),
-]  # fmt: skip
+    (
+        b'{"equipment_id": "turbofan-0003", "equipment_type": "turbofan_engine", '
+        b'"ts": "yesterday", "sensors": {"T24": 1}}',
+        "not an ISO-8601 timestamp",
+    ),
+]
 
 
-def fill_source(brokers: list[str], topic: str, n_good: int, partitions: int) -> tuple[
-    list[bytes], dict[bytes, tuple[bytes, str, tuple[int, int]]]
-]:  # fmt: skip
+def fill_source(
+    brokers: list[str], topic: str, n_good: int, partitions: int
+) -> tuple[list[bytes], dict[bytes, tuple[bytes, str, tuple[int, int]]]]:
     """Good readings round-robin over the partitions, then every bad payload on each
     partition (key ``bad-<partition>-<i>``). Returns the good values and, per bad key,
     (value, reason part, (partition, offset))."""
@@ -410,9 +432,14 @@ def test_consumer_errors_become_dead_letters(
 
     flow = Dataflow("kafka_errs_test")
     records, errors = kafka_input(
-        "kafka_in", flow, brokers=brokers, topic=src, tail=False, starting_offset=1000,
+        "kafka_in",
+        flow,
+        brokers=brokers,
+        topic=src,
+        tail=False,
+        starting_offset=1000,
         client_config={"auto.offset.reset": "error"},
-    )  # fmt: skip
+    )
     op.output("records", records, TestingSink([]))
     op.inspect("collect", errors, collect)
     guard = op.input(
@@ -498,8 +525,9 @@ def test_sink_raises_when_delivery_times_out() -> None:
 
 
 def test_sink_raises_when_flush_times_out() -> None:
-    sink = KafkaProducerSink(["127.0.0.1:1"], "nowhere", {"message.timeout.ms": "5000"},
-                             flush_timeout_s=0.3)  # fmt: skip
+    sink = KafkaProducerSink(
+        ["127.0.0.1:1"], "nowhere", {"message.timeout.ms": "5000"}, flush_timeout_s=0.3
+    )
     part = sink.build("out", 0, 1)
     with pytest.raises(RuntimeError, match=r"'nowhere': 3 message\(s\) still undelivered"):
         part.write_batch(_msgs(3))
@@ -517,8 +545,9 @@ def test_sink_failure_stops_the_flow() -> None:
 
 
 def test_sink_producer_config() -> None:
-    sink = KafkaProducerSink(["b1:9092", "b2:9092"], "t", {"linger.ms": "50", "security.protocol":
-                             "SASL_SSL"})  # fmt: skip
+    sink = KafkaProducerSink(
+        ["b1:9092", "b2:9092"], "t", {"linger.ms": "50", "security.protocol": "SASL_SSL"}
+    )
     cfg = sink.producer_config()
     assert cfg["bootstrap.servers"] == "b1:9092,b2:9092"
     assert cfg["enable.idempotence"] == "true" and cfg["compression.type"] == "lz4"
@@ -549,3 +578,34 @@ def test_ensure_topics_is_idempotent(
     ensure_topics(brokers, {name: 3}, {})  # exists already: no error
     admin = AdminClient({"bootstrap.servers": ",".join(brokers)})
     assert len(admin.list_topics(name, timeout=10).topics[name].partitions) == 3
+
+
+def test_sink_truncates_a_message_over_the_producer_limit_instead_of_failing(
+    brokers: list[str], make_topics: Callable[..., list[str]]
+) -> None:
+    """One oversized message (e.g. a dead letter's copy of a huge input) must not stop the
+    flow: it goes out cut to fit, with a ``pm.truncated`` header giving its size."""
+    (topic,) = make_topics(1)
+    part = KafkaProducerSink(brokers, topic, {"message.max.bytes": "200000"}).build("out", 0, 1)
+    big: list[OutMessage] = [(b"big", os.urandom(300_000), [("h", b"1")])]
+    part.write_batch(_msgs(2) + big + _msgs(2))
+    assert part.delivered == 5 and part.truncated == 1
+    c = Consumer(
+        {
+            "bootstrap.servers": ",".join(brokers),
+            "group.id": uuid.uuid4().hex,
+            "auto.offset.reset": "earliest",
+        }
+    )
+    c.subscribe([topic])
+    got: list[Any] = []
+    for _ in range(40):
+        got += [m for m in c.consume(10, timeout=0.5) if not m.error()]
+        if len(got) >= 5:
+            break
+    c.close()
+    cut = [m for m in got if m.key() == b"big"]
+    assert len(got) == 5 and len(cut) == 1
+    headers = dict(cut[0].headers())
+    assert headers["pm.truncated"] == b"300000" and headers["h"] == b"1"
+    assert len(cut[0].value()) < 200_000
