@@ -11,7 +11,7 @@ DEFAULT_MODEL := $(MODEL_DIR)/turbofan_engine.onnx
 SERVICES_DIR ?= $(CURDIR)/.services
 export PM_SERVICES_DIR := $(SERVICES_DIR)
 
-.PHONY: help install run train retrain eval-detector test test-unit services-up services-down health lint format bench bench-micro clean
+.PHONY: help install run train retrain eval-detector test test-unit services-up services-down backup restore health lint format bench bench-micro clean
 
 help:
 	@echo "make run            embedded demo: simulator in, console out (no services needed)"
@@ -22,6 +22,8 @@ help:
 	@echo "make bench-micro    per-stage micro-benchmarks (a table)"
 	@echo "make eval-detector  anomaly detector on labelled simulator faults (a table)"
 	@echo "make services-up    start the local services (data kept; FRESH=1: empty); services-down stops them"
+	@echo "make backup         database + recovery store + MLflow into backups/pm-backup-<time>.tar.gz"
+	@echo "make restore        ARCHIVE=... restore one (see README: Backup and restore)"
 	@echo "make lint           ruff check, ruff format --check, mypy"
 
 $(STAMP): pyproject.toml
@@ -56,6 +58,13 @@ services-up:
 
 services-down:
 	infra/scripts/services.sh down
+
+# make backup [BACKUP_ARGS="--out DIR ..."]; make restore ARCHIVE=backups/pm-backup-....tar.gz
+backup: $(STAMP)
+	infra/scripts/backup.sh $(BACKUP_ARGS)
+
+restore: $(STAMP)
+	infra/scripts/restore.sh "$${ARCHIVE:?set ARCHIVE=path/to/pm-backup-....tar.gz}" $(RESTORE_ARGS)
 
 health:
 	infra/scripts/health-check.sh

@@ -57,8 +57,28 @@ def fresh_db(admin_url: str) -> Iterator[str]:
     try:
         yield make_conninfo(admin_url, dbname=name)
     finally:
-        with psycopg.connect(admin_url, autocommit=True) as conn:
-            conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
+        drop_database(admin_url, name)
+
+
+def drop_database(admin_url: str, name: str) -> None:
+    """DROP DATABASE ... WITH (FORCE), retried while an autovacuum worker (which the pm role
+    may not terminate) is still in it."""
+    import time
+
+    import psycopg
+    from psycopg import sql
+
+    for attempt in range(20):
+        try:
+            with psycopg.connect(admin_url, autocommit=True) as conn:
+                conn.execute(
+                    sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+                )
+            return
+        except psycopg.errors.InsufficientPrivilege:
+            if attempt == 19:
+                raise
+            time.sleep(0.5)
 
 
 @pytest.fixture
