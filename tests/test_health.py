@@ -26,7 +26,6 @@ from models.equipment import EQUIPMENT_TYPES
 from tests.private_services import PrivateServices, free_port
 from tests.test_pg_faults import sample, scrape, wait_for
 
-pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[1]
 
 # The metrics the README documents, and which of them this run must have moved.
@@ -93,6 +92,42 @@ def topic() -> Iterator[tuple[str, str]]:
     admin.delete_topics([name])
 
 
+def test_readyz_names_failing_checks_and_sink_state_is_per_partition():
+    from connectors import health, metrics
+
+    def broken() -> tuple[bool, str]:
+        raise RuntimeError("cannot reach postgresql://pm:hunter2@db/pm")
+
+    server = health.HealthServer("127.0.0.1", 0)
+    server.add_check("fine", lambda: (True, "ok"))
+    server.add_check("broken", broken)
+    server.add_check("sinks", health.sinks_check)
+    server.start()
+    try:
+        metrics.sink_state("unit_sink", "a", True, 0)
+        metrics.sink_state("unit_sink", "b", False, 7)
+        status, body = scrape(server.port, "/readyz")
+        checks = json.loads(body)["checks"]
+        assert status == 503 and checks["fine"]["ok"] and not checks["broken"]["ok"]
+        assert "RuntimeError" in checks["broken"]["detail"] and "hunter2" not in body
+        assert checks["sinks"] == {"ok": False, "detail": "failing: unit_sink"}
+        text = scrape(server.port, "/metrics")[1]
+        assert sample(text, "pm_sink_up", 'sink="unit_sink"') == 0
+        assert sample(text, "pm_sink_backlog_rows", 'sink="unit_sink"') == 7
+        metrics.sink_state("unit_sink", "b", True, 0)
+        text = scrape(server.port, "/metrics")[1]
+        assert sample(text, "pm_sink_up", 'sink="unit_sink"') == 1
+        assert "unit_sink" not in metrics.sinks_down()
+        assert scrape(server.port, "/healthz") == (200, '{"status": "alive"}')
+        assert scrape(server.port, "/nowhere")[0] == 404
+    finally:
+        server.close()
+        metrics._sink_parts.pop("unit_sink", None)
+        metrics.SINK_UP.remove("unit_sink")
+        metrics.SINK_BACKLOG.remove("unit_sink")
+
+
+@pytest.mark.integration
 def test_endpoints_metrics_and_readiness_through_a_postgres_outage(
     private_pg, topic, model_dir, tmp_path
 ):
