@@ -123,7 +123,9 @@ class InputLimits(_Section):
         None, ge=0, description="how far behind the wall clock ts may be; None: no bound"
     )
     max_equipment_per_process: int = Field(
-        20_000, ge=1, description="machines with state in one process; new ids beyond it are "
+        20_000,
+        ge=1,
+        description="machines with state in one process; new ids beyond it are "
         "dead-lettered until idle ones expire",
     )
 
