@@ -257,6 +257,9 @@ stop() {
       as_pg "$PGBIN/pg_ctl" -D "$base/data" -m immediate -w -t 10 stop >/dev/null 2>&1 ||
         terminate "$pid" "$base/data" 1 || true
     fi
+    if our_pid "$base" >/dev/null || pid_alive "$pid" "$base/data"; then
+      die "postgres: pid $pid is still running after fast and immediate shutdown"
+    fi
     log "postgres: stopped (pid $pid); data kept in $base/data"
   elif port_open "$PORT"; then
     log "postgres: $PM_HOST:$PORT is served by a server this script did not start: leaving it running"
