@@ -227,6 +227,12 @@ start() {
     sock="$(socket_dir "$base")"
     check_version "$base"
     if [[ "$sock" != /tmp ]]; then mkdir_pg "$sock"; fi
+    # clusters made by older versions of this script ran without crash safety: turn it on
+    if grep -q '^# ---- throwaway test cluster' "$base/data/postgresql.conf"; then
+      as_pg sed -i -e 's/^fsync = off$/fsync = on/' -e 's/^full_page_writes = off$/full_page_writes = on/' \
+        -e 's/^# ---- throwaway test cluster.*/# ---- local cluster (infra\/scripts\/postgres.sh) ----/' \
+        "$base/data/postgresql.conf"
+    fi
     log "postgres: reusing the cluster in $base/data (data kept; start --fresh for an empty one)"
   fi
   if ! as_pg "$PGBIN/pg_ctl" -D "$base/data" -l "$base/postgres.log" -w -t "$START_TIMEOUT" \
