@@ -16,6 +16,7 @@ import numpy as np
 from mlflow.pyfunc import PythonModel
 
 from connectors.model_store import PRODUCTION_ALIAS, REGISTERED_MODEL_NAME, load_path
+from models.logsafe import redact, secret_parts
 
 log = logging.getLogger(__name__)
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -40,7 +41,19 @@ def setup(tracking_uri: str, experiment: str = "predictive_maintenance") -> None
     mlflow.set_registry_uri(tracking_uri)
     if tracking_uri.startswith("sqlite:///"):
         Path(tracking_uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
-    mlflow.set_experiment(experiment)
+    try:
+        mlflow.set_experiment(experiment)
+    except Exception as exc:
+        raise _masked(exc) from None
+
+
+class RegistryError(RuntimeError):
+    """An MLflow call failed (the message has the tracking URI's password masked)."""
+
+
+def _masked(exc: Exception) -> RegistryError:
+    uri = mlflow.get_tracking_uri()
+    return RegistryError(redact(f"MLflow at {uri}: {type(exc).__name__}: {exc}", secret_parts(uri)))
 
 
 def log_bundle(
@@ -52,6 +65,13 @@ def log_bundle(
 ) -> str | None:
     """Log the ONNX files of the active run as a pyfunc model; register it and point
     ``alias`` at the new version. Returns the registered version (or None)."""
+    try:
+        return _log_bundle(files, register, alias, name)
+    except Exception as exc:  # MLflow errors may quote the tracking URI, credentials included
+        raise _masked(exc) from None
+
+
+def _log_bundle(files: list[Path], register: bool, alias: str | None, name: str) -> str | None:
     info = mlflow.pyfunc.log_model(
         name="model",
         python_model=OnnxBundleModel(),
@@ -68,4 +88,7 @@ def log_bundle(
 
 
 def set_alias(version: str, alias: str = PRODUCTION_ALIAS, name: str = REGISTERED_MODEL_NAME):
-    mlflow.MlflowClient().set_registered_model_alias(name, alias, version)
+    try:
+        mlflow.MlflowClient().set_registered_model_alias(name, alias, version)
+    except Exception as exc:
+        raise _masked(exc) from None

@@ -85,3 +85,15 @@ def test_describe_error_leaves_values_out(monkeypatch):
     assert SECRET in str(info.value), "pydantic itself does print the values"
     assert SECRET not in text
     assert "metrics_port" in text and "kafka.client_config" in text
+
+
+def test_mlflow_registry_errors_mask_the_tracking_uri_password(monkeypatch):
+    from connectors import mlflow_registry
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+    uri = f"http://bob:{SECRET}@127.0.0.1:{free_port()}"
+    with pytest.raises(mlflow_registry.RegistryError) as info:
+        mlflow_registry.setup(uri)
+    assert SECRET not in str(info.value) and "bob:***@127.0.0.1" in str(info.value)
+    assert info.value.__cause__ is None and info.value.__suppress_context__
