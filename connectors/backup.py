@@ -350,8 +350,14 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--recovery-dir", type=Path, default=env.get("PM_RECOVERY_DIR"),
                        help="Bytewax recovery store (default PM_RECOVERY_DIR)")  # fmt: skip
         p.add_argument("--mlflow-tracking-uri", default=env.get("PM_MLFLOW_TRACKING_URI"),
-                       help="sqlite:///PATH (default PM_MLFLOW_TRACKING_URI)")  # fmt: skip
+                       help="sqlite:///PATH (default PM_MLFLOW_TRACKING_URI, else for create "
+                       "<repo>/mlflow.db if it exists)")  # fmt: skip
     args = parser.parse_args(argv)
+    if args.command == "create" and not args.mlflow_tracking_uri:
+        from connectors.settings import PROJECT_DIR
+
+        if (PROJECT_DIR / "mlflow.db").is_file():  # the flow's default registry
+            args.mlflow_tracking_uri = f"sqlite:///{PROJECT_DIR / 'mlflow.db'}"
     secrets = secret_parts(args.database_url or "")
     try:
         if args.command == "create":
