@@ -11,9 +11,15 @@ series) or many; an empty cell (or NaN / NA / null) is a missing value, which th
 tolerates. Values are scored as given: turn a raw vibration waveform into its RMS first.
 
 The output has one row per input row, in the same order: ``row`` (1-based data row number),
-the timestamp and id if given, and ``score`` in [0, 1] (0 for the first ``--warmup`` rows
+the timestamp and id if given, ``score`` in [0, 1] (0 for the first ``--warmup`` rows
 of each id, then calibrated: about 1 row in 10,000 of normal data scores above 0.9999, the
-flow's default alert threshold).
+flow's default alert threshold), and ``alert``: the ``anomaly_high`` transition the flow's
+alert rule (:func:`alerting.rules.evaluate`: threshold, consecutive count, hysteresis,
+cooldown, as ``--anomaly-warning`` ... ``--cooldown-s``, the flow's defaults) raises at that
+row, e.g. ``firing warning``, ``escalated critical``, ``resolved warning``, else empty. A
+``firing`` is a page. The rule runs on event time: the timestamp column (ISO 8601, naive
+means UTC, or epoch seconds / milliseconds), or rows ``--period-s`` apart without one. A
+summary of the pages (how many, when) is printed.
 
 Bad input (missing file or column, a non-numeric value, a short row) is reported with the
 line at fault, and the exit status is 2; nothing is written then.
@@ -32,11 +38,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from alerting.rules import ANOMALY_HIGH, FIRING, AlertState, Thresholds, evaluate
 from models.anomaly import AnomalyDetector
+from models.schemas import Prediction, iso_to_ms, ms_to_iso
 
 MISSING = frozenset({"", "nan", "na", "n/a", "null", "none"})
 DEFAULT_WARMUP = 60  # the flow's default (connectors.settings.AnomalySettings)
 DEFAULT_WINDOW = 50
+DEFAULT_PERIOD_S = 60.0  # event time between rows when there is no timestamp column
+MAX_LISTED_PAGES = 10  # pages listed one by one in the summary
 
 
 class InputError(ValueError):
@@ -115,6 +125,93 @@ def parse_value(text: str, line: int, column: str) -> float | None:
     return value
 
 
+def parse_time(text: str, line: int, column: str) -> int:
+    """A timestamp cell as epoch ms: ISO 8601 (naive means UTC) or epoch s / ms (> 1e11).
+
+    >>> parse_time("2014-04-01 00:05:00", 2, "t"), parse_time("60", 2, "t")
+    (1396310700000, 60000)
+    >>> parse_time("yesterday", 9, "t")
+    Traceback (most recent call last):
+    ...
+    models.score_csv.InputError: line 9, column 't': 'yesterday' is not a timestamp
+    """
+    cell = text.strip()
+    try:
+        number = float(cell)
+    except ValueError:
+        try:
+            return iso_to_ms(cell)
+        except (ValueError, OverflowError):
+            pass
+    else:
+        if math.isfinite(number) and 0 <= number < 1e15:
+            return round(number if number > 1e11 else number * 1000.0)
+    raise InputError(f"line {line}, column {column!r}: {cell!r} is not a timestamp")
+
+
+@dataclass(frozen=True)
+class Page:
+    """One alert onset (``firing``): where, for whom, and how severe."""
+
+    row: int
+    ts_ms: int
+    ident: str | None
+    severity: str
+
+
+class AlertRule:
+    """The flow's ``anomaly_high`` rule over scored rows, one :class:`AlertState` per id.
+
+    >>> rule = AlertRule(Thresholds(cooldown_s=0))
+    >>> [rule.step(None, i * 60_000, s) for i, s in enumerate([0.1, 1.0, 1.0, 0.2])]
+    ['', 'firing critical', '', 'resolved critical']
+    """
+
+    def __init__(self, thresholds: Thresholds) -> None:
+        self.thresholds = thresholds
+        self.states: dict[str | None, AlertState] = {}
+
+    def step(self, ident: str | None, ts_ms: int, score: float) -> str:
+        """The rule's transition at this row (``"state severity"``), or ``""``."""
+        state = self.states.get(ident)
+        if state is None:
+            state = self.states[ident] = AlertState()
+        p = Prediction(
+            ident or "series", "csv", ts_ms, None, "hours", None, None, None, 1.0, score,
+            "ok", "score_csv", "0",
+        )  # fmt: skip
+        out = [a for a in evaluate(state, p, self.thresholds) if a.rule == ANOMALY_HIGH]
+        return "; ".join(f"{a.state} {a.severity}" for a in out)
+
+
+def page_summary(pages: Sequence[Page], rows: int, timed: bool) -> str:
+    """What would have paged, in a few lines (times as ISO 8601 when they are real).
+
+    >>> print(page_summary([Page(7, 360_000, None, "warning")], 100, True))
+    would have paged 1 time in 100 rows (warning 1, critical 0):
+      row 7 at 1970-01-01T00:06:00.000Z warning
+    """
+    if not pages:
+        return f"would have paged 0 times in {rows} rows"
+    crit = sum(p.severity == "critical" for p in pages)
+    lines = [
+        f"would have paged {len(pages)} time{'s' if len(pages) != 1 else ''} in {rows} rows "
+        f"(warning {len(pages) - crit}, critical {crit}):"
+    ]
+    shown = pages if len(pages) <= MAX_LISTED_PAGES else pages[: MAX_LISTED_PAGES - 1]
+    for p in shown:
+        when = f" at {ms_to_iso(p.ts_ms)}" if timed else ""
+        who = f" {p.ident}" if p.ident is not None else ""
+        lines.append(f"  row {p.row}{when}{who} {p.severity}")
+    if len(shown) < len(pages):
+        last = pages[-1]
+        when = f" at {ms_to_iso(last.ts_ms)}" if timed else ""
+        lines.append(
+            f"  ... {len(pages) - len(shown) - 1} more ..., the last: row {last.row}{when}"
+        )
+    return "\n".join(lines)
+
+
 def score_rows(
     rows: Iterator[list[str]], columns: Columns, **detector_kw: Any
 ) -> Iterator[tuple[int, str | None, str | None, float]]:
@@ -148,6 +245,42 @@ def score_rows(
         yield n, ts, ident, det.score_learn(x)
 
 
+@dataclass(frozen=True)
+class ScoredRow:
+    """One data row after the detector and the alert rule."""
+
+    row: int
+    timestamp: str | None
+    ident: str | None
+    score: float
+    ts_ms: int
+    alert: str  # the rule's transition here ("firing warning", ...), or ""
+
+
+def score_and_alert(
+    rows: Iterator[list[str]],
+    columns: Columns,
+    thresholds: Thresholds | None = None,
+    period_s: float = DEFAULT_PERIOD_S,
+    timestamp_name: str = "timestamp",
+    **detector_kw: Any,
+) -> Iterator[ScoredRow]:
+    """Score rows as :func:`score_rows` does, and run the flow's alert rule on the scores.
+
+    >>> cols = resolve_columns(["x"], None, None, None)
+    >>> rows = [[str(i % 3)] for i in range(4)]
+    >>> [r.ts_ms for r in score_and_alert(iter(rows), cols, period_s=30, warmup=2, window_size=2)]
+    [0, 30000, 60000, 90000]
+    """
+    rule = AlertRule(thresholds if thresholds is not None else Thresholds())
+    period_ms = period_s * 1000.0
+    for n, ts, ident, score in score_rows(rows, columns, **detector_kw):
+        ts_ms = (
+            parse_time(ts, n + 1, timestamp_name) if ts is not None else round((n - 1) * period_ms)
+        )
+        yield ScoredRow(n, ts, ident, score, ts_ms, rule.step(ident, ts_ms, score))
+
+
 def score_file(
     source: IO[str],
     sink: IO[str],
@@ -155,9 +288,11 @@ def score_file(
     ident: str | None = None,
     values: Sequence[str] | None = None,
     delimiter: str = ",",
+    thresholds: Thresholds | None = None,
+    period_s: float = DEFAULT_PERIOD_S,
     **detector_kw: Any,
-) -> int:
-    """Score every row of ``source`` into ``sink``; returns the number of rows."""
+) -> tuple[int, list[Page]]:
+    """Score every row of ``source`` into ``sink``; returns the number of rows and the pages."""
     reader = csv.reader(source, delimiter=delimiter)
     header = next(reader, None)
     if header is None:
@@ -165,22 +300,31 @@ def score_file(
     columns = resolve_columns(header, timestamp, ident, values)
     writer = csv.writer(sink, lineterminator="\n")
     writer.writerow(
-        ["row"] + ([timestamp] if timestamp else []) + ([ident] if ident else []) + ["score"]
+        ["row"]
+        + ([timestamp] if timestamp else [])
+        + ([ident] if ident else [])
+        + ["score", "alert"]
     )
     count = 0
+    pages: list[Page] = []
+    rows = score_and_alert(
+        reader, columns, thresholds, period_s, timestamp or "timestamp", **detector_kw
+    )
     try:
-        for n, ts, idv, score in score_rows(reader, columns, **detector_kw):
-            out: list[object] = [n]
-            if ts is not None:
-                out.append(ts)
-            if idv is not None:
-                out.append(idv)
-            out.append(f"{score:.9g}")
+        for r in rows:
+            out: list[object] = [r.row]
+            if r.timestamp is not None:
+                out.append(r.timestamp)
+            if r.ident is not None:
+                out.append(r.ident)
+            out += [f"{r.score:.9g}", r.alert]
             writer.writerow(out)
-            count = n
+            count = r.row
+            if r.alert.startswith(FIRING):
+                pages.append(Page(r.row, r.ts_ms, r.ident, r.alert.split()[1]))
     except csv.Error as exc:
         raise InputError(f"line {reader.line_num}: {exc}") from None
-    return count
+    return count, pages
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -203,7 +347,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=DEFAULT_WARMUP, help="rows scored 0 per id")
     p.add_argument("--calibration-size", type=int, default=500, help="rows of memory")
     p.add_argument("--seed", type=int, default=0)
+    th = Thresholds()
+    a = p.add_argument_group(
+        "alert rule", "the flow's anomaly_high rule (defaults: the flow's, PM_ALERTS__*)"
+    )
+    a.add_argument("--anomaly-warning", type=float, default=th.anomaly_warning)
+    a.add_argument("--anomaly-critical", type=float, default=th.anomaly_critical)
+    a.add_argument("--min-consecutive", type=int, default=th.anomaly_min_consecutive)
+    a.add_argument("--hysteresis", type=float, default=th.hysteresis)
+    a.add_argument("--cooldown-s", type=float, default=th.cooldown_s, help="event-time seconds")
+    a.add_argument(
+        "--period-s",
+        type=float,
+        default=DEFAULT_PERIOD_S,
+        help="event time between rows when there is no --timestamp-column",
+    )
     return p
+
+
+def thresholds_from(args: argparse.Namespace) -> Thresholds:
+    """The rule's settings from the command line (ValueError when inconsistent)."""
+    return Thresholds(
+        anomaly_warning=args.anomaly_warning,
+        anomaly_critical=args.anomaly_critical,
+        anomaly_min_consecutive=args.min_consecutive,
+        hysteresis=args.hysteresis,
+        cooldown_s=args.cooldown_s,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -216,6 +386,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"--calibration-size must be >= 10, got {args.calibration_size}")
     if len(args.delimiter) != 1:
         parser.error(f"--delimiter must be one character, got {args.delimiter!r}")
+    try:
+        thresholds = thresholds_from(args)
+    except ValueError as exc:
+        parser.error(str(exc))
+    if not (math.isfinite(args.period_s) and args.period_s > 0):
+        parser.error(f"--period-s must be > 0, got {args.period_s}")
     detector_kw = {
         "warmup": args.warmup,
         "window_size": min(DEFAULT_WINDOW, args.warmup),
@@ -236,13 +412,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             ) as sink,
         ):
             tmp = sink.name
-            n = score_file(
+            n, pages = score_file(
                 source,
                 sink,
                 args.timestamp_column,
                 args.id_column,
                 values or None,
                 args.delimiter,
+                thresholds,
+                args.period_s,
                 **detector_kw,
             )
         umask = os.umask(0)
@@ -263,6 +441,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if tmp is not None:
             Path(tmp).unlink(missing_ok=True)
     print(f"scored {n} rows of {args.input} into {out_path}", file=sys.stderr)
+    print(page_summary(pages, n, timed=args.timestamp_column is not None))
     return 0
 
 

@@ -5,15 +5,19 @@ from __future__ import annotations
 import csv
 import subprocess
 import sys
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from alerting.rules import ANOMALY_HIGH, AlertState, Thresholds, evaluate
 from models.anomaly import AnomalyDetector
+from models.schemas import Prediction, iso_to_ms
 from models.score_csv import main
 
 ROOT = Path(__file__).resolve().parents[1]
+START = datetime(2026, 3, 1)
 SPIKE_ROW = 1_500  # 1-based data row with the injected spike
 
 
@@ -23,6 +27,11 @@ def write_csv(path: Path, header: list[str], rows: list[list[object]]) -> Path:
         w.writerow(header)
         w.writerows(rows)
     return path
+
+
+def minute(i: int) -> str:
+    """ISO 8601 time of row ``i`` of a one-row-a-minute series (naive, i.e. UTC)."""
+    return (START + timedelta(minutes=i)).isoformat()
 
 
 def read_scores(path: Path) -> list[dict[str, str]]:
@@ -35,9 +44,7 @@ def univariate(tmp_path: Path) -> Path:
     rng = np.random.default_rng(0)
     values = 20.0 + 0.5 * rng.normal(size=2_000)
     values[SPIKE_ROW - 1] += 4.0  # 8 sigma
-    rows = [
-        [f"2026-01-01T{i // 60:02d}:{i % 60:02d}:00Z", f"{v:.4f}"] for i, v in enumerate(values)
-    ]
+    rows = [[minute(i) + "Z", f"{v:.4f}"] for i, v in enumerate(values)]
     return write_csv(tmp_path / "series.csv", ["time", "temperature"], rows)
 
 
@@ -88,7 +95,7 @@ def test_value_columns_and_one_detector_per_id(tmp_path: Path) -> None:
     argv = ["--input", str(src), "--output", str(out), "--timestamp-column", "t"]
     assert main([*argv, "--id-column", "equipment", "--value-columns", "x"]) == 0
     got = read_scores(out)
-    assert list(got[0]) == ["row", "t", "equipment", "score"]
+    assert list(got[0]) == ["row", "t", "equipment", "score", "alert"]
     alone = {}
     for eq in ("p1", "p2"):  # each id scored as if it had its own file
         det = AnomalyDetector()
@@ -112,6 +119,7 @@ def test_value_columns_and_one_detector_per_id(tmp_path: Path) -> None:
         ("time,value\n1,inf\n", [], "not finite"),
         ("time\n1\n", ["--timestamp-column", "time"], "no value columns"),
         ("a,a\n1,2\n", [], "duplicate column"),
+        ("t,v\n2026-01-01T00:00:00Z,1\nsoon,2\n", ["--timestamp-column", "t"], "not a timestamp"),
     ],
 )
 def test_bad_input_is_a_clear_error(
@@ -147,3 +155,93 @@ def test_command_line_errors_without_a_traceback(tmp_path: Path) -> None:
     )
     assert done.returncode == 2
     assert "Traceback" not in done.stderr and "'oops' is not a number" in done.stderr
+
+
+# --- what would page ------------------------------------------------------------------------
+
+
+def bursty_series(path: Path) -> Path:
+    """One row a minute of noise with three 8-sigma bursts: 2 h apart, then 10 h later."""
+    rng = np.random.default_rng(5)
+    values = 10.0 + rng.normal(size=1_500)
+    for start in (600, 720, 1_320):
+        values[start : start + 3] += 8.0
+    return write_csv(path, ["ts", "v"], [[minute(i), f"{v:.4f}"] for i, v in enumerate(values)])
+
+
+def flow_alerts(scores: list[float], times_ms: list[int], th: Thresholds) -> list[str]:
+    """The flow's anomaly_high transitions, from alerting.rules fed predictions directly."""
+    state, out = AlertState(), []
+    for ts, score in zip(times_ms, scores, strict=True):
+        p = Prediction("e", "pump", ts, None, "hours", None, None, None, 1.0, score, "ok", "m", "1")
+        found = [a for a in evaluate(state, p, th) if a.rule == ANOMALY_HIGH]
+        out.append("; ".join(f"{a.state} {a.severity}" for a in found))
+    return out
+
+
+def test_alert_column_is_the_flows_rule(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    src = bursty_series(tmp_path / "b.csv")
+    out = tmp_path / "s.csv"
+    argv = ["--input", str(src), "--output", str(out), "--timestamp-column", "ts"]
+    assert main(argv) == 0
+    got = read_scores(out)
+    scores = [float(r["score"]) for r in got]
+    times = [iso_to_ms(r["ts"]) for r in got]
+    assert [r["alert"] for r in got] == flow_alerts(scores, times, Thresholds())
+    fired = [i + 1 for i, r in enumerate(got) if r["alert"].startswith("firing")]
+    assert {601, 721, 1_321} <= set(fired)  # every burst pages (critical: no cooldown)
+    assert {r["alert"].split()[0] for r in got if r["alert"]} <= {"firing", "escalated", "resolved"}
+    summary = capsys.readouterr().out
+    assert f"would have paged {len(fired)} time" in summary
+    assert f"row {fired[0]} at 2026-03-01T" in summary
+
+
+def test_cooldown_and_threshold_options(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A warning-only rule: the burst 2 h after a resolved page is held back by a 6 h
+    cooldown; with no cooldown each burst pages."""
+    src = bursty_series(tmp_path / "b.csv")
+    out = tmp_path / "s.csv"
+    base = ["--input", str(src), "--output", str(out), "--timestamp-column", "ts"]
+    warn_only = ["--anomaly-critical", "1.0"]  # scores never exceed 1: no critical
+
+    def onsets(extra: list[str]) -> list[int]:
+        assert main([*base, *warn_only, *extra]) == 0
+        rows = read_scores(out)
+        scores = [float(r["score"]) for r in rows]
+        th = Thresholds(anomaly_critical=1.0, cooldown_s=float(extra[-1]))
+        assert [r["alert"] for r in rows] == flow_alerts(
+            scores, [iso_to_ms(r["ts"]) for r in rows], th
+        )
+        return [i for i, r in enumerate(rows) if r["alert"].startswith("firing")]
+
+    free = onsets(["--cooldown-s", "0"])
+    held = onsets(["--cooldown-s", "21600"])
+    near = [[f for f in free if s <= f < s + 10] for s in (600, 720, 1_320)]
+    assert all(near), free  # no cooldown: every burst pages
+    assert set(held) < set(free)  # the cooldown only ever removes pages
+    assert not [f for f in held if 720 <= f < 730]  # 2 h after: held back
+    capsys.readouterr()
+
+
+def test_without_timestamps_rows_are_period_apart(tmp_path: Path) -> None:
+    rng = np.random.default_rng(6)
+    values = 1.0 + 0.1 * rng.normal(size=400)
+    values[[200, 260]] += 2.0  # two spikes 60 rows apart
+    src = write_csv(tmp_path / "v.csv", ["v"], [[f"{v:.5f}"] for v in values])
+    out = tmp_path / "s.csv"
+    warn = ["--anomaly-critical", "1.0"]
+    firing = []
+    for period in ("60", "600"):  # 1 h or 10 h between the spikes: within 6 h cooldown or not
+        assert main(["--input", str(src), "--output", str(out), *warn, "--period-s", period]) == 0
+        firing.append([r["row"] for r in read_scores(out) if r["alert"].startswith("firing")])
+    assert {"201", "261"} <= set(firing[1])  # 10 h apart: both page
+    assert "261" not in firing[0] and set(firing[0]) < set(firing[1])  # 1 h: held back
+
+
+def test_bad_rule_options_are_usage_errors(tmp_path: Path) -> None:
+    src = write_csv(tmp_path / "ok.csv", ["v"], [[1.0]])
+    argv = ["--input", str(src), "--output", str(tmp_path / "o.csv")]
+    for bad in (["--anomaly-warning", "0.99", "--anomaly-critical", "0.9"], ["--period-s", "0"]):
+        with pytest.raises(SystemExit) as exc:
+            main([*argv, *bad])
+        assert exc.value.code == 2
