@@ -97,3 +97,17 @@ def test_mlflow_registry_errors_mask_the_tracking_uri_password(monkeypatch):
         mlflow_registry.setup(uri)
     assert SECRET not in str(info.value) and "bob:***@127.0.0.1" in str(info.value)
     assert info.value.__cause__ is None and info.value.__suppress_context__
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        f"host=127.0.0.1 password={SECRET} dbname",
+        f"postgresql://pm:{SECRET}@127.0.0.1:{free_port()}/pm",
+    ],
+)
+def test_migrate_cli_masks_the_database_password(url):
+    proc = subprocess.run([sys.executable, "-m", "connectors.migrate", "--database-url", url],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stderr.startswith("migrate: ") and SECRET not in proc.stdout + proc.stderr
