@@ -19,7 +19,16 @@ out of warm-up):
 * alerts per detection = true alerts / detected episodes (1.0 means one incident, one alert).
 
 ``python -m models.detector_eval`` prints the table for the new detector, the previous one
-(stock settings) and a null detector (uniform random scores), deterministic by ``--seed``.
+(stock settings) and a null detector (uniform random scores), deterministic by ``--seed``,
+then one summary table of the flow's detector and rule on three sets:
+
+* the NAB development set (``--nab-dir``, default ``../shared/data/nab-dev`` from the
+  project root when it exists; :mod:`models.nab_eval`): NAB standard / low-FP / low-FN of
+  the pages (the flow's rule at its defaults, and warning-only as issue 9 measured it) and
+  of the raw score at NAB's optimised threshold;
+* the simulator faults above (the ``new`` row, all kinds);
+* a pump whose fault only shows jointly (:func:`joint_fault_units`): pressure drifts away
+  from what the flow through the pump implies, while every sensor stays in its own range.
 """
 
 from __future__ import annotations
@@ -30,24 +39,30 @@ import math
 import random
 import statistics
 import sys
+import tempfile
 import time
 import zlib
 from array import array
 from collections import defaultdict, deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 from river import anomaly, preprocessing
 
 from alerting.rules import ANOMALY_HIGH, FIRING, RESOLVED, AlertState, Thresholds, evaluate
 from connectors.sim_faults import FAULT_KINDS
 from connectors.simulator import SimConfig, Truth, simulate
+from models import nab_eval
 from models.anomaly import AnomalyDetector
 from models.equipment import EQUIPMENT_TYPES
 from models.equipment_state import EquipmentState, Scored
 from models.features import FeatureConfig
+from models.nab_scoring import BadInput
 from models.schemas import Prediction, Reading
+from models.score_csv import resolve_columns, score_and_alert
 
 ALL = "all"
 STOCK_RULE = Thresholds(anomaly_warning=0.99, anomaly_critical=0.999, anomaly_min_consecutive=5)
@@ -456,6 +471,138 @@ def detector_cost_us(
     return statistics.median(times)
 
 
+# --- a fault that only shows jointly ---------------------------------------------------------
+
+JOINT_SENSORS = ("flow", "pressure", "current", "temperature")
+JOINT_PERIOD_MS = 600_000  # a reading every 10 min
+
+
+@dataclass(frozen=True)
+class JointCase:
+    """Pumps whose discharge pressure falls away from what their flow implies (wear, a
+    leak): ``depth`` residual standard deviations, reached over ``ramp`` readings, held for
+    ``duration`` readings, then repaired. Flow follows a daily load cycle, so each sensor
+    moves over a wide range on its own and the fault hides inside that range."""
+
+    units: int = 4
+    readings: int = 3000
+    faults_per_unit: int = 4
+    depth: float = 8.0
+    ramp: int = 20
+    duration: tuple[int, int] = (40, 80)
+    settle: int = 300
+    tolerance: int = 10
+    seed: int = 0
+
+
+def joint_fault_units(case: JointCase) -> list[tuple[np.ndarray, list[Span]]]:
+    """Per unit: readings (rows x :data:`JOINT_SENSORS`) and its labelled episodes."""
+    out = []
+    for unit in range(case.units):
+        rng = np.random.default_rng([case.seed, unit])
+        n = case.readings
+        t = np.arange(n)
+        slow = np.zeros(n)
+        for i in range(1, n):  # slow random changes of the operating point
+            slow[i] = 0.995 * slow[i - 1] + 0.005 * rng.normal()
+        load = 0.55 + 0.2 * np.sin(2 * np.pi * t / 144 + rng.uniform(0, 6.3)) + 2.0 * slow
+        flow_true = 100.0 * np.clip(load, 0.25, 0.85)
+        offset = np.zeros(n)
+        episodes: list[Span] = []
+        gap = (n - case.settle) // case.faults_per_unit
+        for k in range(case.faults_per_unit):
+            start = case.settle + k * gap + int(rng.integers(50, max(gap - case.duration[1], 51)))
+            length = int(rng.integers(case.duration[0], case.duration[1] + 1))
+            end = min(start + length - 1, n - 1)
+            ramp = np.minimum((np.arange(start, end + 1) - start + 1) / case.ramp, 1.0)
+            offset[start : end + 1] = -case.depth * ramp
+            episodes.append(Span("joint", "pressure", start, end))
+        x = np.column_stack(
+            [
+                flow_true + rng.normal(0, 1.0, n),
+                1.5 * flow_true + offset + rng.normal(0, 1.0, n),
+                0.3 * flow_true + rng.normal(0, 0.5, n),
+                40.0 + 0.1 * flow_true + rng.normal(0, 0.5, n),
+            ]
+        )
+        out.append((x, episodes))
+    return out
+
+
+def joint_fault_metrics(case: JointCase, thresholds: Thresholds | None = None) -> Metrics:
+    """The flow's detector and rule (score_csv's code path) on :func:`joint_fault_units`."""
+    th = thresholds if thresholds is not None else Thresholds()
+    header = ["t", "unit", *JOINT_SENSORS]
+    rows = []
+    runs = {}
+    for u, (x, episodes) in enumerate(joint_fault_units(case)):
+        uid = f"pump-{u}"
+        run = runs[uid] = EquipmentRun(uid, "pump", 0, JOINT_PERIOD_MS, n=len(x))
+        run.episodes = episodes
+        rows.append(
+            [[str(i * JOINT_PERIOD_MS), uid, *(f"{v:.5f}" for v in r)] for i, r in enumerate(x)]
+        )
+    interleaved = [row for group in zip(*rows, strict=True) for row in group]
+    columns = resolve_columns(header, "t", "unit", JOINT_SENSORS)
+    fires: dict[str, list[Incident]] = defaultdict(list)
+    index: dict[str, int] = defaultdict(int)
+    for r in score_and_alert(iter(interleaved), columns, th, timestamp_name="t"):
+        assert r.ident is not None
+        i = index[r.ident]
+        index[r.ident] += 1
+        if r.alert.startswith(FIRING):
+            fires[r.ident].append(Incident(i))
+    total = Metrics()
+    for uid, run in runs.items():
+        total += score_run(run, fires[uid], case.settle, case.tolerance)
+    return total
+
+
+# --- the summary table -------------------------------------------------------------------------
+
+
+def default_nab_dir() -> Path | None:
+    """``../shared/data/nab-dev`` from the project root, when it is there."""
+    d = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "nab-dev"
+    return d if (d / "labels" / "combined_windows.json").is_file() else None
+
+
+WARNING_ONLY = Thresholds(anomaly_critical=1.0)  # scores never exceed 1: every page waits
+
+
+def summary_table(
+    nab: Sequence[tuple[str, nab_eval.NabReport]],
+    sim: Metrics | None,
+    joint: Metrics | None,
+) -> str:
+    """One table: NAB profiles of each NAB run's signals, then the labelled cases."""
+    head = (
+        f"{'case':<24}{'signal / rule':<34}{'standard':>9}{'low-FP':>8}{'low-FN':>8}"
+        f"{'pages':>7}{'precision':>10}{'recall':>7}{'FA/eq-day':>10}{'delay med h':>12}"
+    )
+    lines = [head, "-" * len(head)]
+    for label, rep in nab:
+        for res in rep.results:
+            what = f"{label} pages" if res.signal == nab_eval.PAGES else "raw score, best threshold"
+            if res.signal == nab_eval.RAW and label != nab[0][0]:
+                continue  # the raw score does not depend on the rule
+            sc = res.scores
+            pages = str(rep.pages) if res.signal == nab_eval.PAGES else "-"
+            lines.append(
+                f"{'NAB dev (' + str(rep.files) + ' files)':<24}{what:<34}{sc['standard']:>9.1f}"
+                f"{sc['low_FP']:>8.1f}{sc['low_FN']:>8.1f}{pages:>7}{'-':>10}{'-':>7}{'-':>10}{'-':>12}"
+            )
+    for case, m in (("simulator faults (all)", sim), ("pump, joint fault", joint)):
+        if m is None:
+            continue
+        lines.append(
+            f"{case:<24}{'flow rule (defaults)':<34}{'-':>9}{'-':>8}{'-':>8}{m.alerts:>7}"
+            f"{_f(m.precision):>10}{_f(m.recall):>7}{_f(m.false_alarms_per_day):>10}"
+            f"{_f(_median(m.delays_h), 1):>12}"
+        )
+    return "\n".join(lines)
+
+
 # --- output ----------------------------------------------------------------------------------
 
 _COLUMNS = (
@@ -541,7 +688,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--settle", type=int, default=d.settle, help="readings ignored at start")
     p.add_argument("--tolerance", type=int, default=d.tolerance, help="readings after an end")
     p.add_argument("--oracle", action="store_true", help="add an oracle row (sanity check)")
+    p.add_argument(
+        "--nab-dir",
+        type=Path,
+        default=default_nab_dir(),
+        help="NAB-format directory (default ../shared/data/nab-dev when present)",
+    )
+    p.add_argument("--no-nab", action="store_true", help="skip the NAB section")
+    p.add_argument(
+        "--nab-out", type=Path, help="keep the per-file score CSVs here (default: a temp dir)"
+    )
+    p.add_argument("--joint-units", type=int, default=JointCase().units, help="0: skip")
     return p
+
+
+def run_nab_section(nab_dir: Path, out: Path | None) -> list[tuple[str, nab_eval.NabReport]]:
+    """NAB at the flow's rule and warning-only, score files under ``out`` (or a temp dir)."""
+    runs = (("flow rule (defaults)", Thresholds()), ("warning-only rule", WARNING_ONLY))
+    with tempfile.TemporaryDirectory(prefix="nab-scores-") as tmp:
+        base = out if out is not None else Path(tmp)
+        return [
+            (label, nab_eval.run_nab(nab_dir, base / f"rule-{i}", th))
+            for i, (label, th) in enumerate(runs)
+        ]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -572,6 +741,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if not args.no_nab and args.nab_dir is not None:
+        try:
+            nab_eval.data_files(args.nab_dir)
+        except ValueError as exc:
+            print(f"error: --nab-dir: {exc}", file=sys.stderr)
+            return 2
     began = time.monotonic()
     scorers = default_scorers(config.seed, oracle=args.oracle)
     report = run_evaluation(config, scorers, default_specs(oracle=args.oracle))
@@ -579,12 +754,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     new = detector_cost_us(lambda: AnomalyDetector(seed=config.seed))
     old = detector_cost_us(lambda: BaselineDetector(seed=config.seed))
     print(f"bare detector, 21 sensors, µs per reading: new {new:.0f}, baseline {old:.0f}")
+    nab: list[tuple[str, nab_eval.NabReport]] = []
+    if not args.no_nab and args.nab_dir is not None:
+        try:
+            nab = run_nab_section(args.nab_dir, args.nab_out)
+        except (BadInput, ValueError, OSError) as exc:
+            print(f"error: NAB: {exc}", file=sys.stderr)
+            return 2
+    joint = None
+    if args.joint_units > 0:
+        joint = joint_fault_metrics(JointCase(units=args.joint_units, seed=config.seed))
+    print()
+    print(summary_table(nab, report.metrics.get((ALL, "new")), joint))
+    for label, rep in nab:
+        print(
+            f"NAB, {label}: {rep.files} files, {rep.rows} rows, {rep.windows} windows; "
+            f"score_csv path {rep.seconds:.1f} s, {rep.us_per_row:.0f} µs per reading"
+        )
+    if not nab:
+        print("NAB: skipped (no --nab-dir, or --no-nab)")
     print(
         f"({time.monotonic() - began:.0f} s) reproduce: python -m models.detector_eval "
         f"--seed {args.seed} "
         f"--units {args.units} --readings {args.readings} --fault-rate {args.fault_rate} "
         f"--types {args.types} --kinds {args.kinds} --settle {args.settle} "
         f"--tolerance {args.tolerance}{' --oracle' if args.oracle else ''}"
+        + (f" --nab-dir {args.nab_dir}" if nab else " --no-nab")
+        + f" --joint-units {args.joint_units}"
     )
     return 0
 
