@@ -4,11 +4,13 @@ that does not, determinism, and a working command line."""
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import math
 from array import array
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from alerting.rules import Thresholds
@@ -17,6 +19,7 @@ from connectors.sim_faults import FAULT_KINDS
 from connectors.sim_models import MODELS
 from connectors.simulator import SimConfig, fault_episodes, simulate
 from models import detector_eval as de
+from models import nab_eval, nab_scoring, score_csv
 from models.detector_eval import (
     DetectorSpec,
     EquipmentRun,
@@ -28,6 +31,7 @@ from models.detector_eval import (
     score_run,
 )
 
+NAB_FIXTURE = Path(__file__).parent / "nab_fixture"
 TINY = EvalConfig(units_per_type=1, readings=700, fault_rate=0.02, settle=200, tolerance=5)
 ANY_SCORE = Thresholds(anomaly_warning=0.9, anomaly_critical=0.99, anomaly_min_consecutive=1)
 
@@ -127,8 +131,20 @@ def test_alerts_follow_the_flow_rule() -> None:
 
 def test_cli_prints_the_table(capsys: pytest.CaptureFixture[str]) -> None:
     argv = ["--units", "1", "--readings", "300", "--kinds", "spike", "--settle", "100"]
+    argv += ["--nab-dir", str(NAB_FIXTURE), "--joint-units", "1"]
     assert de.main([*argv, "--oracle"]) == 0
     out = capsys.readouterr().out
+    summary = [
+        line for line in out.splitlines() if line.startswith(("NAB dev", "simulator", "pump"))
+    ]
+    assert [line[:24].strip() for line in summary] == [
+        "NAB dev (2 files)",
+        "NAB dev (2 files)",
+        "NAB dev (2 files)",
+        "simulator faults (all)",
+        "pump, joint fault",
+    ]
+    assert "NAB, flow rule (defaults): 2 files, 600 rows, 2 windows" in out
     rows = [line.split() for line in out.splitlines() if line.startswith(("spike", "all"))]
     assert [r[1] for r in rows[:6]] == [
         "new",
@@ -141,6 +157,7 @@ def test_cli_prints_the_table(capsys: pytest.CaptureFixture[str]) -> None:
     assert "reproduce: python -m models.detector_eval" in out
     assert de.main(["--kinds", "melt"]) == 2
     assert de.main(["--settle", "5000"]) == 2
+    assert de.main(["--nab-dir", str(NAB_FIXTURE / "data")]) == 2  # not a NAB directory
     assert "error" in capsys.readouterr().err
 
 
@@ -200,3 +217,114 @@ def test_simulator_cli_accepts_level_shift(tmp_path: Path) -> None:
     assert simulator.main(argv) == 0
     assert '"fault":"level_shift"' in truth.read_text()
     assert len(out.read_text().splitlines()) == 200
+
+
+# --- NAB scoring and the NAB section --------------------------------------------------------
+
+WINDOWS = {"synthetic/spike.csv": (190, 209), "synthetic/dip.csv": (235, 254)}  # rows
+
+
+def write_scores(out: Path, detections: dict[str, list[int]]) -> Path:
+    """Score files for the fixture: 1.0 on the given rows of each file, else 0.0."""
+    for key in WINDOWS:
+        with (NAB_FIXTURE / "data" / key).open() as f:
+            stamps = [r["timestamp"] for r in csv.DictReader(f)]
+        target = out / key
+        target.parent.mkdir(parents=True, exist_ok=True)
+        hits = set(detections.get(key, []))
+        rows = [f"{t},{1.0 if i in hits else 0.0}" for i, t in enumerate(stamps)]
+        target.write_text("timestamp,anomaly_score\n" + "\n".join(rows) + "\n")
+    return out
+
+
+def nab_line(capsys: pytest.CaptureFixture[str], out: Path) -> dict[str, float]:
+    argv = ["--scores", str(out), "--data-dir", str(NAB_FIXTURE), "--threshold", "0.5"]
+    assert nab_scoring.main(argv) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]  # NAB standard=.. low_FP=.. ...
+    return {k: float(v) for k, v in (w.split("=") for w in last.split()[1:4])}
+
+
+def sigma(y: float) -> float:
+    return 2.0 / (1.0 + math.exp(5.0 * y)) - 1.0
+
+
+@pytest.mark.parametrize(
+    ("detections", "expected"),
+    [
+        # each window's first row: every window earns A_TP = 1 (perfect)
+        ({"synthetic/spike.csv": [190], "synthetic/dip.csv": [235]}, (100.0, 100.0, 100.0)),
+        ({}, (0.0, 0.0, 0.0)),  # never alarming
+        # one false positive before the first window, nothing else: below never alarming,
+        # raw -2 - A_FP against S_null = -2 (-4 low-FN), S_perfect = 2
+        ({"synthetic/spike.csv": [100]}, (-2.75, -5.5, 100 * (-4.11 + 4) / 6)),
+        # the last row of a 20-row window earns sigma(-1/20) / sigma(-1); the other is perfect
+        (
+            {"synthetic/spike.csv": [209], "synthetic/dip.csv": [235]},
+            tuple(100 * (sigma(-1 / 20) / sigma(-1) + 1 - n) / (2 - n) for n in (-2, -2, -4)),
+        ),
+        # a detection inside probation (first 15 % = 45 rows) counts for nothing
+        ({"synthetic/spike.csv": [10, 190], "synthetic/dip.csv": [235]}, (100.0, 100.0, 100.0)),
+    ],
+)
+def test_scorer_reproduces_hand_computed_scores(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    detections: dict[str, list[int]],
+    expected: tuple[float, float, float],
+) -> None:
+    got = nab_line(capsys, write_scores(tmp_path, detections))
+    assert (got["standard"], got["low_FP"], got["low_FN"]) == pytest.approx(expected, abs=0.006)
+
+
+def test_nab_section_scores_what_score_csv_pages(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rep = nab_eval.run_nab(NAB_FIXTURE, tmp_path / "nab")
+    assert (rep.files, rep.rows, rep.windows) == (2, 600, 2)
+    pages_total = 0
+    for key in WINDOWS:
+        flow = tmp_path / "flow.csv"
+        src = NAB_FIXTURE / "data" / key
+        assert score_csv.main(["--input", str(src), "--timestamp-column", "timestamp",
+                               "--output", str(flow)]) == 0  # fmt: skip
+        with flow.open() as f:
+            expected = list(csv.DictReader(f))
+        with (tmp_path / "nab" / "pages" / key).open() as f:
+            pages = list(csv.DictReader(f))
+        with (tmp_path / "nab" / "raw" / key).open() as f:
+            raw = list(csv.DictReader(f))
+        assert [p["timestamp"] for p in pages] == [e["timestamp"] for e in expected]
+        want = [1.0 if e["alert"].startswith("firing") else 0.0 for e in expected]
+        assert [float(p["anomaly_score"]) for p in pages] == want
+        assert [float(r["anomaly_score"]) for r in raw] == [float(e["score"]) for e in expected]
+        pages_total += int(sum(want))
+    capsys.readouterr()
+    assert rep.pages == pages_total > 0
+    page_scores = {r.signal: r for r in rep.results}[nab_eval.PAGES]
+    cli = nab_line(capsys, tmp_path / "nab" / "pages")  # the scorer's command line agrees
+    assert page_scores.scores == pytest.approx(cli, abs=0.006)
+    assert page_scores.scores["standard"] > 50  # the fixture's spike and dip are paged
+
+
+def test_joint_fault_shows_only_jointly() -> None:
+    """During a fault every sensor stays inside its healthy range, while pressure departs
+    from what flow implies by several times the healthy spread."""
+    case = de.JointCase(units=2, readings=1500, faults_per_unit=2)
+    units = de.joint_fault_units(case)
+    assert len(units) == 2
+    for x, episodes in units:
+        assert len(episodes) == 2
+        faulty = np.zeros(len(x), dtype=bool)
+        for e in episodes:
+            assert e.start >= case.settle and 40 <= e.end - e.start + 1 <= 80
+            faulty[e.start : e.end + 1] = True
+        lo, hi = x[~faulty].min(axis=0), x[~faulty].max(axis=0)
+        inside = ((x[faulty] >= lo) & (x[faulty] <= hi)).mean(axis=0)
+        assert np.all(inside > 0.9), inside
+        residual = x[:, 1] - 1.5 * x[:, 0]
+        spread = residual[~faulty].std()
+        for e in episodes:
+            deep = residual[e.start + case.ramp : e.end + 1]
+            assert np.median(residual[~faulty]) - np.median(deep) > 4 * spread
+    m = de.joint_fault_metrics(case)
+    assert m.episodes == 4 and 0 <= m.detected <= 4
