@@ -73,13 +73,31 @@ def format_body(alert: Alert) -> str:
     for key, label in (("health", "health"), ("anomaly_score", "anomaly score")):
         if ev.get(key) is not None:
             lines.append(f"{label}: {ev[key]:g}")
-    if ev.get("top_sensors"):
+    if ev.get("rul_lower") is not None or ev.get("rul_upper") is not None:
+        lines.append(f"RUL band: {_g(ev.get('rul_lower'))} .. {_g(ev.get('rul_upper'))} "
+                     f"{ev.get('rul_unit', '')}".rstrip())  # fmt: skip
+    if ev.get("rul_trend"):
+        trend = " -> ".join(_g(t.get("rul_hours")) for t in ev["rul_trend"])
+        slope = ev.get("rul_slope_h_per_h")
+        per = f" ({slope:+g} h per hour)" if slope is not None else ""
+        lines.append(f"RUL trend, last {len(ev['rul_trend'])} predictions: {trend} h{per}")
+    if ev.get("sensors"):
+        lines.append("sensors furthest from this machine's baseline:")
+        for e in ev["sensors"]:
+            lines.append(f"  {e.get('sensor')}: {_g(e.get('value'))} vs baseline "
+                         f"{_g(e.get('baseline'))} (z {_g(e.get('z'), '+.1f')})")  # fmt: skip
+    elif ev.get("top_sensors"):
         lines.append(f"top sensors: {', '.join(ev['top_sensors'])}")
     if ev.get("model_name"):
         lines.append(f"model: {ev['model_name']} v{ev.get('model_version', '?')}")
     lines.append(f"event time: {ms_to_iso(alert.ts_ms)}")
     lines.append(f"alert id: {alert.alert_id}")
     return "\n".join(lines)
+
+
+def _g(x: Any, spec: str = "g") -> str:
+    """A number of the evidence for the text ("?" when missing or not a number)."""
+    return format(x, spec) if isinstance(x, int | float) else "?"
 
 
 @dataclass(frozen=True)

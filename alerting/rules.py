@@ -33,18 +33,27 @@ So every episode that consumers see reads ``firing [escalated] [resolved]``, wit
 ``escalated`` only after a warning-level ``firing``, and ``resolved`` carrying the
 highest severity announced.
 
+Resolve dwell (against flapping): an active rule resolves only once its value has been
+clear for ``resolve_after`` consecutive predictions; one clear prediction in a noisy
+stream does not end the episode. Firing and escalation are never delayed.
+
 A NaN value neither fires, escalates nor resolves a rule.
+
+Every alert carries evidence (``Alert.evidence``): the prediction's RUL, band, health,
+anomaly score and model, the sensors furthest from this machine's own baseline (value,
+baseline, z) and the RUL trend over the last ``RUL_HISTORY`` predictions with its slope.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from models.schemas import Alert, Prediction
+from models.schemas import Alert, Prediction, ms_to_iso
 
 WARNING = "warning"
 CRITICAL = "critical"
@@ -59,6 +68,7 @@ ANOMALY_HIGH = "anomaly_high"
 RULES = (RUL_LOW, HEALTH_LOW, ANOMALY_HIGH)
 
 _RANK = {None: 0, WARNING: 1, CRITICAL: 2}
+RUL_HISTORY = 5  # predictions of RUL kept per equipment for the evidence's trend
 
 
 @dataclass(frozen=True)
@@ -87,6 +97,7 @@ class Thresholds:
     cooldown_s: float = 21600.0
     anomaly_min_consecutive: int = 1
     use_rul_lower_bound: bool = False
+    resolve_after: int = 1
 
     def __post_init__(self) -> None:
         pairs = (
@@ -107,6 +118,8 @@ class Thresholds:
             raise ValueError(
                 f"anomaly_min_consecutive must be >= 1, got {self.anomaly_min_consecutive}"
             )
+        if self.resolve_after < 1:
+            raise ValueError(f"resolve_after must be >= 1, got {self.resolve_after}")
 
 
 @dataclass(slots=True)
@@ -116,7 +129,8 @@ class RuleState:
     ``severity`` is the highest severity of the active episode (``None`` when idle);
     ``announced`` tells whether that episode's ``firing`` went out (False while held back
     by the cooldown); ``consecutive`` counts successive values beyond the warning
-    threshold (used by ``anomaly_high``).
+    threshold (used by ``anomaly_high``); ``clear_streak`` counts successive clear values of
+    an active episode (it resolves at ``resolve_after``).
     """
 
     severity: str | None = None
@@ -124,6 +138,10 @@ class RuleState:
     announced: bool = False
     last_resolved_ts_ms: int | None = None
     consecutive: int = 0
+    clear_streak: int = 0
+
+    def __setstate__(self, state: Any) -> None:
+        _set_slots(self, state, {"clear_streak": 0})
 
 
 @dataclass(slots=True)
@@ -139,6 +157,21 @@ class AlertState:
     """
 
     rules: dict[str, RuleState] = field(default_factory=dict)
+    # the last RUL_HISTORY (event time ms, RUL hours, lower h, upper h), oldest first
+    rul_history: list[tuple[int, float, float | None, float | None]] = field(default_factory=list)
+
+    def __setstate__(self, state: Any) -> None:
+        _set_slots(self, state, {"rul_history": []})
+
+    def remember_rul(self, p: Prediction) -> None:
+        """Keep ``p``'s RUL (in hours, with its band) in the bounded history."""
+        hours = p.rul_hours
+        if hours is None or not math.isfinite(hours):
+            return
+        self.rul_history.append(
+            (p.ts_ms, hours, _band_hours(p, p.rul_lower), _band_hours(p, p.rul_upper))
+        )
+        del self.rul_history[:-RUL_HISTORY]
 
     def rule(self, name: str) -> RuleState:
         """The state of rule ``name``, created idle if absent."""
@@ -201,14 +234,58 @@ def evaluate(state: AlertState, prediction: Prediction, thresholds: Thresholds) 
     'turbofan-0007: health 0.900 is back above 0.77 (warning threshold 0.7 + 10% hysteresis)'
     """
     alerts: list[Alert] = []
+    state.remember_rul(prediction)
     for spec in _SPECS:
         value = spec.value(prediction, thresholds)
         if value is None:
             continue
         alert = _step(state.rule(spec.name), spec, value, prediction, thresholds)
         if alert is not None:
-            alerts.append(alert)
+            alerts.append(replace(alert, evidence={**alert.evidence, **_trend(state)}))
     return alerts
+
+
+def _set_slots(obj: Any, state: Any, defaults: dict[str, Any]) -> None:
+    """Unpickle a slotted object, giving slots added since it was pickled their default."""
+    values = dict(defaults)
+    if isinstance(state, tuple):  # (dict or None, slots dict): the default for slots
+        for part in state:
+            values.update(part or {})
+    else:
+        values.update(state or {})
+    for name, value in values.items():
+        object.__setattr__(obj, name, copy.copy(value))
+
+
+def _band_hours(p: Prediction, x: float | None) -> float | None:
+    """A RUL band end, from the prediction's unit to hours (the factor of rul → rul_hours)."""
+    if x is None or p.rul_hours is None or not math.isfinite(x):
+        return None
+    if p.rul_unit == "hours":
+        return x
+    return x * (p.rul_hours / p.rul) if p.rul else None
+
+
+def _trend(state: AlertState) -> dict[str, Any]:
+    """The RUL trend of the evidence: the last predictions and the least-squares slope of
+    RUL hours against event time (h per h; about -1 for a machine wearing as predicted)."""
+    hist = state.rul_history
+    if not hist:
+        return {}
+    t0 = hist[0][0]
+    xs = [(ts - t0) / 3_600_000.0 for ts, *_ in hist]
+    ys = [h for _, h, _, _ in hist]
+    slope = None
+    if len(hist) > 1:
+        mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+        sxx = sum((x - mx) ** 2 for x in xs)
+        if sxx > 0:
+            slope = _r(sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sxx)
+    trend = [
+        {"ts": ms_to_iso(ts), "rul_hours": _r(h), "lower_hours": _r(lo), "upper_hours": _r(hi)}
+        for ts, h, lo, hi in hist
+    ]
+    return {"rul_trend": trend, "rul_slope_h_per_h": slope}
 
 
 # --- rule specifications -------------------------------------------------------------------
@@ -297,7 +374,13 @@ def _step(
         st.announced = level == CRITICAL or not _in_cooldown(st, p.ts_ms, th)
         return _alert(st, spec, FIRING, value, p, th) if st.announced else None
 
-    if spec.is_clear(value, th):
+    if not spec.is_clear(value, th):
+        st.clear_streak = 0
+    else:
+        st.clear_streak += 1
+        if st.clear_streak < th.resolve_after:
+            return None  # clear, but not for long enough yet (dwell against flapping)
+        st.clear_streak = 0
         alert = _alert(st, spec, RESOLVED, value, p, th) if st.announced else None
         if st.announced:
             st.last_resolved_ts_ms = p.ts_ms
@@ -373,6 +456,7 @@ def _evidence(p: Prediction, st: RuleState) -> dict[str, Any]:
         "model_name": p.model_name,
         "model_version": p.model_version,
         "top_sensors": list(p.top_sensors),
+        "sensors": p.sensor_evidence_dicts(),
         "episode_start_ts_ms": st.episode_start_ts_ms,
     }
 

@@ -21,6 +21,7 @@ from models.schemas import Reading, ms_to_iso
 
 RMS_WINDOW = 10  # readings; what the detector sees of a vibration signal
 TOP_SENSORS = 3
+SensorEvidence = tuple[str, float, float, float]  # name, value, baseline mean, z
 ANOMALY_EWMA_ALPHA = 0.1  # smoothing of the anomaly level that health uses
 
 
@@ -35,6 +36,8 @@ class Scored:
     top_sensors: tuple[str, ...]
     imputed: int = 0  # model sensors this reading lacked (their last value was carried)
     complete: bool = True  # False while some model sensor has never been seen
+    # the top sensors against this machine's baseline: (name, value, baseline mean, z)
+    sensor_evidence: tuple[tuple[str, float, float, float], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,7 +120,7 @@ class EquipmentState:
         self._remember(ts)
         row = self.window_row(reading)
         self.buffer.append(row)
-        score, top = self._score(row)
+        score, evidence = self._score(row)
         if self.detector.seen > self.detector.warmup:
             self.anomaly_level += ANOMALY_EWMA_ALPHA * (score - self.anomaly_level)
         due = (self.buffer.count - 1) % self.predict_every == 0
@@ -126,9 +129,10 @@ class EquipmentState:
             self.features() if due else None,
             score,
             self.anomaly_level,
-            top,
+            tuple(e[0] for e in evidence),
             imputed=self._imputed,
             complete=bool(np.all(row == row)),  # NaN: a sensor never seen yet
+            sensor_evidence=evidence,
         )
 
     def window_row(self, reading: Reading) -> np.ndarray:
@@ -182,7 +186,7 @@ class EquipmentState:
         self._imputed = missing
         return row
 
-    def _score(self, row: np.ndarray) -> tuple[float, tuple[str, ...]]:
+    def _score(self, row: np.ndarray) -> tuple[float, tuple[SensorEvidence, ...]]:
         x: dict[str, float] = {}
         for i, name in enumerate(self.config.sensors):
             if name in self._vib:
@@ -195,8 +199,9 @@ class EquipmentState:
         top = self._top_sensors(x)
         return self.detector.score_learn(x), top
 
-    def _top_sensors(self, x: dict[str, float]) -> tuple[str, ...]:
-        """Sensors furthest from their running mean, in standard deviations."""
+    def _top_sensors(self, x: dict[str, float]) -> tuple[SensorEvidence, ...]:
+        """Sensors furthest from their running mean (this machine's baseline, before this
+        reading is learnt), in standard deviations: ``(name, value, mean, signed z)``."""
         scaler = self.detector.scaler
         if not scaler.counts:
             return ()
@@ -204,5 +209,6 @@ class EquipmentState:
         for name, value in x.items():
             var = scaler.vars.get(name, 0.0)
             if var > 0:
-                z[name] = abs(value - scaler.means[name]) / var**0.5
-        return tuple(sorted(z, key=z.__getitem__, reverse=True)[:TOP_SENSORS])
+                z[name] = (value - scaler.means[name]) / var**0.5
+        top = sorted(z, key=lambda n: abs(z[n]), reverse=True)[:TOP_SENSORS]
+        return tuple((n, x[n], float(scaler.means[n]), z[n]) for n in top)

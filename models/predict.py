@@ -108,4 +108,5 @@ def _build(
         model_version=version,
         top_sensors=s.top_sensors,
         imputed_sensors=s.imputed,
+        sensor_evidence=s.sensor_evidence,
     )

@@ -111,6 +111,21 @@ class Prediction:
     model_version: str
     top_sensors: tuple[str, ...] = ()
     imputed_sensors: int = 0  # model sensors missing from the reading (last value carried)
+    # the top sensors against this machine's own baseline: (name, value, baseline mean, z)
+    sensor_evidence: tuple[tuple[str, float, float, float], ...] = ()
+
+    def sensor_evidence_dicts(self) -> list[dict[str, Any]]:
+        """``sensor_evidence`` as JSON objects (rounded; NaN/inf as None).
+
+        >>> p = Prediction("e", "t", 0, None, "", None, None, None, 0.9, 0.1, "ok", "m", "1",
+        ...                sensor_evidence=(("T24", 643.91234, 642.5, 3.14159),))
+        >>> p.sensor_evidence_dicts()
+        [{'sensor': 'T24', 'value': 643.9123, 'baseline': 642.5, 'z': 3.142}]
+        """
+        return [
+            finite({"sensor": n, "value": round(v, 4), "baseline": round(b, 4), "z": round(z, 3)})
+            for n, v, b, z in self.sensor_evidence
+        ]
 
     def to_json_dict(self) -> dict[str, Any]:
         return {
@@ -128,6 +143,7 @@ class Prediction:
             "model": {"name": self.model_name, "version": self.model_version},
             "top_sensors": list(self.top_sensors),
             "imputed_sensors": self.imputed_sensors,
+            "sensor_evidence": self.sensor_evidence_dicts(),
             "schema_version": SCHEMA_VERSION,
         }
 
