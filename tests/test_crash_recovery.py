@@ -12,12 +12,10 @@ from __future__ import annotations
 import os
 import random
 import time
-import uuid
 from collections import Counter
 
 import psycopg
 import pytest
-import redis
 
 from connectors.settings import load_settings
 from tests.bench_flow import sim_readings
@@ -25,10 +23,9 @@ from tests.flow_helpers import records_from_dicts, run_flow
 from tests.flow_process import (
     FlowProcesses,
     consume_all,
-    create_topics,
-    delete_topics,
     flow_env,
     produce,
+    service_run,
     wait_until,
 )
 from tests.http_receiver import HttpReceiver
@@ -40,23 +37,8 @@ KILLS = int(os.environ.get("PM_TEST_CRASH_KILLS", "4"))
 
 @pytest.fixture
 def services():
-    brokers = os.environ.get("PM_TEST_KAFKA_BROKERS")
-    db = os.environ.get("PM_TEST_DATABASE_URL")
-    redis_url = os.environ.get("PM_TEST_REDIS_URL")
-    if not (brokers and db and redis_url):
-        pytest.skip("needs PM_TEST_KAFKA_BROKERS, PM_TEST_DATABASE_URL, PM_TEST_REDIS_URL")
-    run = uuid.uuid4().hex[:8]
-    dbname = f"pm_crash_{run}"
-    with psycopg.connect(db, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{dbname}"')
-    topics = {k: f"{k}-crash-{run}" for k in ("raw", "predictions", "alerts", "dlq")}
-    create_topics(brokers, {topics["raw"]: 4})
-    test_redis = f"{redis_url.rsplit('/', 1)[0]}/6"
-    redis.Redis.from_url(test_redis).flushdb()
-    yield brokers, db.rsplit("/", 1)[0] + f"/{dbname}", test_redis, topics, run
-    delete_topics(brokers, list(topics.values()))
-    with psycopg.connect(db, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
+    with service_run("crash", redis_db=6) as services:
+        yield services
 
 
 def _alert_ids(requests) -> Counter[str]:
@@ -69,7 +51,7 @@ def _alert_ids(requests) -> Counter[str]:
 
 
 def test_sigkill_two_processes_at_random_moments(services, model_dir, tmp_path):
-    brokers, db, redis_url, topics, run = services
+    brokers, db, topics = services.brokers, services.db, services.topics
     rng = random.Random(int(os.environ.get("PM_TEST_CRASH_SEED", "20261202")))
     readings = sim_readings(30, 200, seed=17)
     produce(brokers, topics["raw"], [(r["equipment_id"].encode(), _json(r)) for r in readings])
@@ -79,12 +61,6 @@ def test_sigkill_two_processes_at_random_moments(services, model_dir, tmp_path):
     reference = load_settings(model=str(model_dir), output="none", alerts={"cooldown_s": 0.0})
     ref_preds, ref_alerts, ref_dead = run_flow(reference, records_from_dicts(readings))
     assert len(ref_preds) == n and not ref_dead and ref_alerts
-
-    def count(table: str) -> int:
-        with psycopg.connect(db) as conn:
-            if conn.execute("SELECT to_regclass(%s)", (table,)).fetchone()[0] is None:
-                return 0
-            return conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
 
     def undelivered() -> int:
         with psycopg.connect(db) as conn:
@@ -96,44 +72,35 @@ def test_sigkill_two_processes_at_random_moments(services, model_dir, tmp_path):
 
     kills: list[int] = []
     with HttpReceiver() as receiver:
-        env = flow_env(
-            source="kafka",
-            output="none",
-            model=str(model_dir),
-            kafka_brokers=brokers,
-            database_url=db,
-            redis_url=redis_url,
-            apprise_urls=receiver.apprise_url(f"/alerts/{run}"),
-            kafka={
-                "input_topic": topics["raw"],
-                "predictions_topic": topics["predictions"],
-                "alerts_topic": topics["alerts"],
-                "dlq_topic": topics["dlq"],
-                "tail": True,
-                "batch_size": 100,
-            },
+        settings = services.flow_settings(
+            model_dir,
+            receiver.apprise_url(f"/alerts/{services.run}"),
             postgres={"buffer_size": 200, "write_interval_seconds": 0.5},
-            alerts={"cooldown_s": 0.0},
             alert_delivery={"timeout_s": 5.0, "lease_s": 12.0, "poll_interval_s": 0.5},
         )
+        settings["kafka"]["batch_size"] = 100
+        env = flow_env(**settings)
         flow = FlowProcesses(env, tmp_path / "recovery", tmp_path / "logs", processes=2)
         for k in range(KILLS):
             flow.start()
             target = n * (k + 1) // (KILLS + 2)  # kill somewhere past this many stored
             wait_until(
-                lambda t=target: count("predictions") >= t,
+                lambda t=target: services.count("predictions") >= t,
                 180,
                 f"run {k + 1} to store {target} predictions",
                 alive=flow.alive,
             )
             time.sleep(rng.uniform(0.0, 1.5))  # a random moment after that
-            kills.append(count("predictions"))
+            kills.append(services.count("predictions"))
             flow.kill()
         # the last run keeps streaming until everything is stored and every delivery
         # confirmed (a send cut by a kill is retried once its lease runs out), then stops
         flow.start()
         wait_until(
-            lambda: count("predictions") >= n, 300, "every prediction stored", alive=flow.alive
+            lambda: services.count("predictions") >= n,
+            300,
+            "every prediction stored",
+            alive=flow.alive,
         )
         wait_until(lambda: undelivered() == 0, 120, "every delivery confirmed", alive=flow.alive)
         time.sleep(1.0)  # a late duplicate would show now

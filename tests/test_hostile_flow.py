@@ -12,14 +12,11 @@ dropped duplicate); the valid readings after each poison input are processed."""
 from __future__ import annotations
 
 import json
-import os
-import uuid
 from collections import Counter, defaultdict
 from datetime import UTC
 
 import psycopg
 import pytest
-import redis
 
 from connectors.model_store import load_path
 from connectors.redis_state import RedisStatusStore
@@ -27,10 +24,9 @@ from tests.bench_flow import sim_readings
 from tests.flow_process import (
     FlowProcesses,
     consume_all,
-    create_topics,
-    delete_topics,
     flow_env,
     produce,
+    service_run,
     wait_until,
 )
 from tests.hostile_corpus import corpus
@@ -41,28 +37,18 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture
 def services():
-    brokers = os.environ.get("PM_TEST_KAFKA_BROKERS")
-    db = os.environ.get("PM_TEST_DATABASE_URL")
-    redis_url = os.environ.get("PM_TEST_REDIS_URL")
-    if not (brokers and db and redis_url):
-        pytest.skip("needs PM_TEST_KAFKA_BROKERS, PM_TEST_DATABASE_URL, PM_TEST_REDIS_URL")
-    run = uuid.uuid4().hex[:8]
-    dbname = f"pm_hostile_{run}"
-    with psycopg.connect(db, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{dbname}"')
-    topics = {k: f"{k}-hostile-{run}" for k in ("raw", "predictions", "alerts", "dlq")}
     # the input topic takes messages up to 2 MB, so a 1.1 MB reading reaches the flow
-    create_topics(brokers, {topics["raw"]: 4}, {"max.message.bytes": "2100000"})
-    test_redis = f"{redis_url.rsplit('/', 1)[0]}/5"
-    redis.Redis.from_url(test_redis).flushdb()
-    yield brokers, db.rsplit("/", 1)[0] + f"/{dbname}", test_redis, topics, run
-    delete_topics(brokers, list(topics.values()))
-    with psycopg.connect(db, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
+    with service_run("hostile", redis_db=5, raw_config={"max.message.bytes": "2100000"}) as s:
+        yield s
 
 
 def test_hostile_corpus_through_the_whole_flow_with_a_crash(services, model_dir, tmp_path):
-    brokers, db, redis_url, topics, run = services
+    brokers, db, redis_url, topics = (
+        services.brokers,
+        services.db,
+        services.redis_url,
+        services.topics,
+    )
     valid = sim_readings(12, 70, seed=5)
     entries = corpus(valid)
     placed = produce(
@@ -75,36 +61,18 @@ def test_hostile_corpus_through_the_whole_flow_with_a_crash(services, model_dir,
     n_processed = sum(e.outcome == "processed" for e in entries)
 
     with HttpReceiver() as receiver:
-        env = flow_env(
-            source="kafka",
-            output="none",
-            model=str(model_dir),
-            kafka_brokers=brokers,
-            database_url=db,
-            redis_url=redis_url,
-            apprise_urls=receiver.apprise_url(f"/alerts/{run}"),
-            kafka={
-                "input_topic": topics["raw"],
-                "predictions_topic": topics["predictions"],
-                "alerts_topic": topics["alerts"],
-                "dlq_topic": topics["dlq"],
-                "tail": True,
-                "batch_size": 50,
-            },
+        settings = services.flow_settings(
+            model_dir,
+            receiver.apprise_url(f"/alerts/{services.run}"),
             postgres={"buffer_size": 100, "write_interval_seconds": 0.5},
-            alerts={"cooldown_s": 0.0},
         )
+        settings["kafka"]["batch_size"] = 50
+        env = flow_env(**settings)
         flow = FlowProcesses(env, tmp_path / "recovery", tmp_path / "logs", workers=2)
-
-        def stored() -> int:
-            with psycopg.connect(db) as conn:
-                if conn.execute("SELECT to_regclass('sensor_readings')").fetchone()[0] is None:
-                    return 0
-                return conn.execute("SELECT count(*) FROM sensor_readings").fetchone()[0]
 
         flow.start()
         wait_until(
-            lambda: stored() >= n_processed // 3,
+            lambda: services.count("sensor_readings") >= n_processed // 3,
             120,
             "a third of the readings stored",
             alive=flow.alive,
