@@ -529,7 +529,9 @@ def joint_fault_units(case: JointCase) -> list[tuple[np.ndarray, list[Span]]]:
     return out
 
 
-def joint_fault_metrics(case: JointCase, thresholds: Thresholds | None = None) -> Metrics:
+def joint_fault_metrics(
+    case: JointCase, thresholds: Thresholds | None = None, likelihood: bool = False
+) -> Metrics:
     """The flow's detector and rule (score_csv's code path) on :func:`joint_fault_units`."""
     th = thresholds if thresholds is not None else Thresholds()
     header = ["t", "unit", *JOINT_SENSORS]
@@ -546,7 +548,9 @@ def joint_fault_metrics(case: JointCase, thresholds: Thresholds | None = None) -
     columns = resolve_columns(header, "t", "unit", JOINT_SENSORS)
     fires: dict[str, list[Incident]] = defaultdict(list)
     index: dict[str, int] = defaultdict(int)
-    for r in score_and_alert(iter(interleaved), columns, th, timestamp_name="t"):
+    for r in score_and_alert(
+        iter(interleaved), columns, th, timestamp_name="t", likelihood=likelihood
+    ):
         assert r.ident is not None
         i = index[r.ident]
         index[r.ident] += 1
@@ -572,31 +576,33 @@ WARNING_ONLY = Thresholds(anomaly_critical=1.0)  # scores never exceed 1: every 
 
 def summary_table(
     nab: Sequence[tuple[str, nab_eval.NabReport]],
-    sim: Metrics | None,
-    joint: Metrics | None,
+    labelled: Sequence[tuple[str, str, Metrics]],
 ) -> str:
-    """One table: NAB profiles of each NAB run's signals, then the labelled cases."""
+    """One table: NAB profiles of each NAB run's pages (and of the raw signal where it
+    differs from the first run's), then ``(case, rule, metrics)`` of the labelled cases."""
     head = (
         f"{'case':<24}{'signal / rule':<34}{'standard':>9}{'low-FP':>8}{'low-FN':>8}"
         f"{'pages':>7}{'precision':>10}{'recall':>7}{'FA/eq-day':>10}{'delay med h':>12}"
     )
     lines = [head, "-" * len(head)]
-    for label, rep in nab:
+    rows: list[tuple[str, nab_eval.NabScore, str, int]] = []
+    for i, (label, rep) in enumerate(nab):
         for res in rep.results:
-            what = f"{label} pages" if res.signal == nab_eval.PAGES else "raw score, best threshold"
-            if res.signal == nab_eval.RAW and label != nab[0][0]:
-                continue  # the raw score does not depend on the rule
-            sc = res.scores
-            pages = str(rep.pages) if res.signal == nab_eval.PAGES else "-"
-            lines.append(
-                f"{'NAB dev (' + str(rep.files) + ' files)':<24}{what:<34}{sc['standard']:>9.1f}"
-                f"{sc['low_FP']:>8.1f}{sc['low_FN']:>8.1f}{pages:>7}{'-':>10}{'-':>7}{'-':>10}{'-':>12}"
-            )
-    for case, m in (("simulator faults (all)", sim), ("pump, joint fault", joint)):
-        if m is None:
-            continue
+            if res.signal == nab_eval.PAGES:
+                rows.append((f"{label}: pages", res, str(rep.pages), rep.files))
+            elif i == 0 or "likelihood" in label:  # else the same raw signal as run 0
+                what = "likelihood" if "likelihood" in label else "raw score"
+                rows.append((f"{what}, best threshold", res, "-", rep.files))
+    for what, res, pages, files in rows:
+        sc = res.scores
         lines.append(
-            f"{case:<24}{'flow rule (defaults)':<34}{'-':>9}{'-':>8}{'-':>8}{m.alerts:>7}"
+            f"{'NAB dev (' + str(files) + ' files)':<24}{what:<34}{sc['standard']:>9.1f}"
+            f"{sc['low_FP']:>8.1f}{sc['low_FN']:>8.1f}{pages:>7}"
+            f"{'-':>10}{'-':>7}{'-':>10}{'-':>12}"
+        )
+    for case, rule, m in labelled:
+        lines.append(
+            f"{case:<24}{rule:<34}{'-':>9}{'-':>8}{'-':>8}{m.alerts:>7}"
             f"{_f(m.precision):>10}{_f(m.recall):>7}{_f(m.false_alarms_per_day):>10}"
             f"{_f(_median(m.delays_h), 1):>12}"
         )
@@ -699,17 +705,30 @@ def build_parser() -> argparse.ArgumentParser:
         "--nab-out", type=Path, help="keep the per-file score CSVs here (default: a temp dir)"
     )
     p.add_argument("--joint-units", type=int, default=JointCase().units, help="0: skip")
+    p.add_argument(
+        "--likelihood",
+        action="store_true",
+        help="also score NAB and the pump with the experimental likelihood step (not in the flow)",
+    )
     return p
 
 
-def run_nab_section(nab_dir: Path, out: Path | None) -> list[tuple[str, nab_eval.NabReport]]:
-    """NAB at the flow's rule and warning-only, score files under ``out`` (or a temp dir)."""
-    runs = (("flow rule (defaults)", Thresholds()), ("warning-only rule", WARNING_ONLY))
+def run_nab_section(
+    nab_dir: Path, out: Path | None, likelihood: bool = False
+) -> list[tuple[str, nab_eval.NabReport]]:
+    """NAB at the flow's rule and warning-only (and, with ``likelihood``, the flow's rule on
+    the score's likelihood); score files under ``out`` (or a temp dir)."""
+    runs = [
+        ("flow rule (defaults)", Thresholds(), False),
+        ("warning-only rule", WARNING_ONLY, False),
+    ]
+    if likelihood:
+        runs.append(("likelihood, flow rule", Thresholds(), True))
     with tempfile.TemporaryDirectory(prefix="nab-scores-") as tmp:
         base = out if out is not None else Path(tmp)
         return [
-            (label, nab_eval.run_nab(nab_dir, base / f"rule-{i}", th))
-            for i, (label, th) in enumerate(runs)
+            (label, nab_eval.run_nab(nab_dir, base / f"rule-{i}", th, lk))
+            for i, (label, th, lk) in enumerate(runs)
         ]
 
 
@@ -757,15 +776,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     nab: list[tuple[str, nab_eval.NabReport]] = []
     if not args.no_nab and args.nab_dir is not None:
         try:
-            nab = run_nab_section(args.nab_dir, args.nab_out)
+            nab = run_nab_section(args.nab_dir, args.nab_out, args.likelihood)
         except (BadInput, ValueError, OSError) as exc:
             print(f"error: NAB: {exc}", file=sys.stderr)
             return 2
-    joint = None
+    labelled = [("simulator faults (all)", "flow rule (defaults)", report.metrics[ALL, "new"])]
     if args.joint_units > 0:
-        joint = joint_fault_metrics(JointCase(units=args.joint_units, seed=config.seed))
+        case = JointCase(units=args.joint_units, seed=config.seed)
+        labelled.append(("pump, joint fault", "flow rule (defaults)", joint_fault_metrics(case)))
+        if args.likelihood:
+            m = joint_fault_metrics(case, likelihood=True)
+            labelled.append(("pump, joint fault", "likelihood, flow rule", m))
     print()
-    print(summary_table(nab, report.metrics.get((ALL, "new")), joint))
+    print(summary_table(nab, labelled))
     for label, rep in nab:
         print(
             f"NAB, {label}: {rep.files} files, {rep.rows} rows, {rep.windows} windows; "

@@ -7,8 +7,9 @@ per data file are written (columns ``timestamp,anomaly_score``):
 
 * ``pages/``: 1.0 on a page (a ``firing``), else 0.0, scored at threshold 0.5: what an
   operator would have been told;
-* ``raw/``: the detector's score, scored at the threshold NAB's optimiser picks per profile
-  over these files (the best any fixed threshold on the raw score could do).
+* ``raw/``: the score the rule judged (the detector's, or its likelihood), scored at the
+  threshold NAB's optimiser picks per profile over these files (the best any fixed
+  threshold on that signal could do).
 
 Both are scored with :mod:`models.nab_scoring` (standard, low-FP and low-FN profiles).
 """
@@ -73,7 +74,7 @@ def data_files(data_dir: Path) -> list[str]:
 
 
 def score_data_file(
-    source: Path, pages_out: Path, raw_out: Path, thresholds: Thresholds
+    source: Path, pages_out: Path, raw_out: Path, thresholds: Thresholds, likelihood: bool = False
 ) -> tuple[int, int]:
     """Score one NAB data file into its page and raw score files; (rows, pages)."""
     with source.open(newline="", encoding="utf-8-sig") as f:
@@ -89,12 +90,12 @@ def score_data_file(
             pw, rw = csv.writer(pf, lineterminator="\n"), csv.writer(rf, lineterminator="\n")
             pw.writerow(["timestamp", "anomaly_score"])
             rw.writerow(["timestamp", "anomaly_score"])
-            for r in score_and_alert(reader, columns, thresholds):
+            for r in score_and_alert(reader, columns, thresholds, likelihood=likelihood):
                 page = r.alert.startswith(FIRING)
                 pages += page
                 rows += 1
                 pw.writerow([r.timestamp, "1.0" if page else "0.0"])
-                rw.writerow([r.timestamp, f"{r.score:.9g}"])
+                rw.writerow([r.timestamp, f"{r.signal:.9g}"])
     return rows, pages
 
 
@@ -125,15 +126,18 @@ def score_signal(
     return NabScore(signal, scores, used), n_windows
 
 
-def run_nab(data_dir: Path, out_dir: Path, thresholds: Thresholds | None = None) -> NabReport:
-    """Score every file of ``data_dir`` into ``out_dir/{pages,raw}/`` and NAB-score both."""
+def run_nab(
+    data_dir: Path, out_dir: Path, thresholds: Thresholds | None = None, likelihood: bool = False
+) -> NabReport:
+    """Score every file of ``data_dir`` into ``out_dir/{pages,raw}/`` and NAB-score both
+    (with ``likelihood``, the rule and the raw files see the score's likelihood)."""
     th = thresholds if thresholds is not None else Thresholds()
     keys = data_files(data_dir)
     rows = pages = 0
     began = time.perf_counter()
     for key in keys:
         n, p = score_data_file(
-            data_dir / "data" / key, out_dir / PAGES / key, out_dir / RAW / key, th
+            data_dir / "data" / key, out_dir / PAGES / key, out_dir / RAW / key, th, likelihood
         )
         rows += n
         pages += p

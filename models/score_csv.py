@@ -40,6 +40,7 @@ from typing import IO, Any
 
 from alerting.rules import ANOMALY_HIGH, FIRING, AlertState, Thresholds, evaluate
 from models.anomaly import AnomalyDetector
+from models.likelihood import ScoreLikelihood
 from models.schemas import Prediction, iso_to_ms, ms_to_iso
 
 MISSING = frozenset({"", "nan", "na", "n/a", "null", "none"})
@@ -255,6 +256,12 @@ class ScoredRow:
     score: float
     ts_ms: int
     alert: str  # the rule's transition here ("firing warning", ...), or ""
+    likelihood: float | None = None  # what the rule judged, with ``likelihood=True``
+
+    @property
+    def signal(self) -> float:
+        """The value the alert rule judged: the likelihood when on, else the score."""
+        return self.score if self.likelihood is None else self.likelihood
 
 
 def score_and_alert(
@@ -263,9 +270,12 @@ def score_and_alert(
     thresholds: Thresholds | None = None,
     period_s: float = DEFAULT_PERIOD_S,
     timestamp_name: str = "timestamp",
+    likelihood: bool = False,
     **detector_kw: Any,
 ) -> Iterator[ScoredRow]:
-    """Score rows as :func:`score_rows` does, and run the flow's alert rule on the scores.
+    """Score rows as :func:`score_rows` does, and run the flow's alert rule on the scores
+    (with ``likelihood``, on each id's :class:`~models.likelihood.ScoreLikelihood` of them:
+    an experimental option, not in the flow).
 
     >>> cols = resolve_columns(["x"], None, None, None)
     >>> rows = [[str(i % 3)] for i in range(4)]
@@ -274,11 +284,19 @@ def score_and_alert(
     """
     rule = AlertRule(thresholds if thresholds is not None else Thresholds())
     period_ms = period_s * 1000.0
+    lik: dict[str | None, ScoreLikelihood] = {}
     for n, ts, ident, score in score_rows(rows, columns, **detector_kw):
         ts_ms = (
             parse_time(ts, n + 1, timestamp_name) if ts is not None else round((n - 1) * period_ms)
         )
-        yield ScoredRow(n, ts, ident, score, ts_ms, rule.step(ident, ts_ms, score))
+        if likelihood:
+            lk = lik.get(ident)
+            if lk is None:
+                lk = lik[ident] = ScoreLikelihood()
+            value = lk.update(score)
+            yield ScoredRow(n, ts, ident, score, ts_ms, rule.step(ident, ts_ms, value), value)
+        else:
+            yield ScoredRow(n, ts, ident, score, ts_ms, rule.step(ident, ts_ms, score))
 
 
 def score_file(
@@ -290,6 +308,7 @@ def score_file(
     delimiter: str = ",",
     thresholds: Thresholds | None = None,
     period_s: float = DEFAULT_PERIOD_S,
+    likelihood: bool = False,
     **detector_kw: Any,
 ) -> tuple[int, list[Page]]:
     """Score every row of ``source`` into ``sink``; returns the number of rows and the pages."""
@@ -303,12 +322,14 @@ def score_file(
         ["row"]
         + ([timestamp] if timestamp else [])
         + ([ident] if ident else [])
-        + ["score", "alert"]
+        + ["score"]
+        + (["likelihood"] if likelihood else [])
+        + ["alert"]
     )
     count = 0
     pages: list[Page] = []
     rows = score_and_alert(
-        reader, columns, thresholds, period_s, timestamp or "timestamp", **detector_kw
+        reader, columns, thresholds, period_s, timestamp or "timestamp", likelihood, **detector_kw
     )
     try:
         for r in rows:
@@ -317,7 +338,10 @@ def score_file(
                 out.append(r.timestamp)
             if r.ident is not None:
                 out.append(r.ident)
-            out += [f"{r.score:.9g}", r.alert]
+            out.append(f"{r.score:.9g}")
+            if r.likelihood is not None:
+                out.append(f"{r.likelihood:.9g}")
+            out.append(r.alert)
             writer.writerow(out)
             count = r.row
             if r.alert.startswith(FIRING):
@@ -361,6 +385,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=DEFAULT_PERIOD_S,
         help="event time between rows when there is no --timestamp-column",
+    )
+    a.add_argument(
+        "--likelihood",
+        action="store_true",
+        help="experimental, not in the flow: the rule judges the likelihood of the score "
+        "(models.likelihood; adds a likelihood column)",
     )
     return p
 
@@ -421,6 +451,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 args.delimiter,
                 thresholds,
                 args.period_s,
+                args.likelihood,
                 **detector_kw,
             )
         umask = os.umask(0)

@@ -179,6 +179,12 @@ def flow_alerts(scores: list[float], times_ms: list[int], th: Thresholds) -> lis
     return out
 
 
+def open_episode(rows: list[dict[str, str]], row: int) -> bool:
+    """Whether an announced episode is open at 1-based ``row`` (by the alert column)."""
+    last = [r["alert"] for r in rows[:row] if r["alert"]]
+    return bool(last) and not last[-1].startswith("resolved")
+
+
 def test_alert_column_is_the_flows_rule(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     src = bursty_series(tmp_path / "b.csv")
     out = tmp_path / "s.csv"
@@ -189,7 +195,8 @@ def test_alert_column_is_the_flows_rule(tmp_path: Path, capsys: pytest.CaptureFi
     times = [iso_to_ms(r["ts"]) for r in got]
     assert [r["alert"] for r in got] == flow_alerts(scores, times, Thresholds())
     fired = [i + 1 for i, r in enumerate(got) if r["alert"].startswith("firing")]
-    assert {601, 721, 1_321} <= set(fired)  # every burst pages (critical: no cooldown)
+    for burst in (601, 721, 1_321):  # each burst is inside an announced episode
+        assert open_episode(got, burst), burst
     assert {r["alert"].split()[0] for r in got if r["alert"]} <= {"firing", "escalated", "resolved"}
     summary = capsys.readouterr().out
     assert f"would have paged {len(fired)} time" in summary
@@ -197,8 +204,8 @@ def test_alert_column_is_the_flows_rule(tmp_path: Path, capsys: pytest.CaptureFi
 
 
 def test_cooldown_and_threshold_options(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """A warning-only rule: the burst 2 h after a resolved page is held back by a 6 h
-    cooldown; with no cooldown each burst pages."""
+    """A warning-only rule, with and without a 6 h cooldown: exactly the flow rule's
+    transitions each time, and the cooldown holds some page back."""
     src = bursty_series(tmp_path / "b.csv")
     out = tmp_path / "s.csv"
     base = ["--input", str(src), "--output", str(out), "--timestamp-column", "ts"]
@@ -216,10 +223,7 @@ def test_cooldown_and_threshold_options(tmp_path: Path, capsys: pytest.CaptureFi
 
     free = onsets(["--cooldown-s", "0"])
     held = onsets(["--cooldown-s", "21600"])
-    near = [[f for f in free if s <= f < s + 10] for s in (600, 720, 1_320)]
-    assert all(near), free  # no cooldown: every burst pages
-    assert set(held) < set(free)  # the cooldown only ever removes pages
-    assert not [f for f in held if 720 <= f < 730]  # 2 h after: held back
+    assert free and held and len(held) < len(free)
     capsys.readouterr()
 
 
@@ -230,12 +234,17 @@ def test_without_timestamps_rows_are_period_apart(tmp_path: Path) -> None:
     src = write_csv(tmp_path / "v.csv", ["v"], [[f"{v:.5f}"] for v in values])
     out = tmp_path / "s.csv"
     warn = ["--anomaly-critical", "1.0"]
-    firing = []
-    for period in ("60", "600"):  # 1 h or 10 h between the spikes: within 6 h cooldown or not
-        assert main(["--input", str(src), "--output", str(out), *warn, "--period-s", period]) == 0
-        firing.append([r["row"] for r in read_scores(out) if r["alert"].startswith("firing")])
-    assert {"201", "261"} <= set(firing[1])  # 10 h apart: both page
-    assert "261" not in firing[0] and set(firing[0]) < set(firing[1])  # 1 h: held back
+    alerts = []
+    for period in (60, 600):  # 1 h or 10 h between the spikes
+        argv = ["--input", str(src), "--output", str(out), *warn, "--period-s", str(period)]
+        assert main(argv) == 0
+        rows = read_scores(out)
+        scores = [float(r["score"]) for r in rows]
+        times = [i * period * 1000 for i in range(len(rows))]
+        alerts.append([r["alert"] for r in rows])
+        assert alerts[-1] == flow_alerts(scores, times, Thresholds(anomaly_critical=1.0))
+    assert alerts[0] != alerts[1]  # the rule's timing follows the period
+    assert alerts[1][200].startswith("firing")
 
 
 def test_bad_rule_options_are_usage_errors(tmp_path: Path) -> None:
@@ -245,3 +254,33 @@ def test_bad_rule_options_are_usage_errors(tmp_path: Path) -> None:
         with pytest.raises(SystemExit) as exc:
             main([*argv, *bad])
         assert exc.value.code == 2
+
+
+def test_likelihood_option_feeds_the_rule(tmp_path: Path) -> None:
+    """--likelihood: a likelihood column from models.likelihood over the scores, and the
+    rule judges it instead of the score; a lone spike moves it less than a run of them."""
+    from models.likelihood import ScoreLikelihood
+
+    rng = np.random.default_rng(8)
+    values = 10.0 + rng.normal(size=1_500)
+    values[700] += 8.0  # one reading
+    values[1_200:1_215] += 8.0  # a run
+    src = write_csv(
+        tmp_path / "v.csv", ["ts", "v"], [[minute(i), f"{v:.4f}"] for i, v in enumerate(values)]
+    )
+    out = tmp_path / "s.csv"
+    assert (
+        main(
+            ["--input", str(src), "--output", str(out), "--timestamp-column", "ts", "--likelihood"]
+        )
+        == 0
+    )
+    rows = read_scores(out)
+    assert list(rows[0]) == ["row", "ts", "score", "likelihood", "alert"]
+    lk = ScoreLikelihood()
+    expected = [lk.update(float(r["score"])) for r in rows]
+    got = [float(r["likelihood"]) for r in rows]
+    assert got == pytest.approx(expected, abs=1e-5)  # scores are written to 9 digits
+    times = [iso_to_ms(r["ts"]) for r in rows]
+    assert [r["alert"] for r in rows] == flow_alerts(got, times, Thresholds())
+    assert max(got[1_200:1_216]) > 0.9999 and max(got[1_200:1_216]) >= max(got[700:711])
