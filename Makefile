@@ -20,7 +20,7 @@ help:
 	@echo "make retrain        challenger from PostgreSQL history vs the production model"
 	@echo "make bench          end to end: Kafka -> flow -> PostgreSQL + Kafka (table, bench.json)"
 	@echo "make bench-micro    per-stage micro-benchmarks (a table)"
-	@echo "make eval-detector  anomaly detector on labelled simulator faults (a table)"
+	@echo "make eval-detector  anomaly detector: simulator faults, NAB dev set, joint pump fault (EVAL_ARGS=...)"
 	@echo "make services-up    start the local services (data kept; FRESH=1: empty); services-down stops them"
 	@echo "make backup         database + recovery store + MLflow into backups/pm-backup-<time>.tar.gz"
 	@echo "make restore        ARCHIVE=... restore one (see README: Backup and restore)"
@@ -50,7 +50,7 @@ retrain: $(STAMP)
 	$(PY) -m models.retrain --database-url "$${PM_DATABASE_URL:?set PM_DATABASE_URL to the history database}"
 
 eval-detector: $(STAMP)
-	$(PY) -m models.detector_eval
+	$(PY) -m models.detector_eval $(EVAL_ARGS)
 
 # Keeps the data of the last run; `make services-up FRESH=1` starts empty services.
 services-up:
