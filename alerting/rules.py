@@ -33,9 +33,14 @@ So every episode that consumers see reads ``firing [escalated] [resolved]``, wit
 ``escalated`` only after a warning-level ``firing``, and ``resolved`` carrying the
 highest severity announced.
 
-Resolve dwell (against flapping): an active rule resolves only once its value has been
-clear for ``resolve_after`` consecutive predictions; one clear prediction in a noisy
-stream does not end the episode. Firing and escalation are never delayed.
+Resolve dwell (against flapping): an active ``rul_low`` or ``health_low`` episode (judged on
+model predictions that wobble) resolves only once its value has stayed
+clear for ``resolve_dwell_s`` of event time (from the first clear prediction to the one
+that resolves); a value back beyond the clear level restarts the dwell. So a noisy
+prediction that wobbles around the threshold keeps one episode open instead of firing and
+resolving again and again. Firing and escalation are never delayed: criticals go out at
+once. ``anomaly_high`` has its own damping (``anomaly_min_consecutive`` and the cooldown)
+and resolves at the first clear score.
 
 A NaN value neither fires, escalates nor resolves a rule.
 
@@ -97,7 +102,7 @@ class Thresholds:
     cooldown_s: float = 21600.0
     anomaly_min_consecutive: int = 1
     use_rul_lower_bound: bool = False
-    resolve_after: int = 1
+    resolve_dwell_s: float = 21600.0
 
     def __post_init__(self) -> None:
         pairs = (
@@ -118,8 +123,8 @@ class Thresholds:
             raise ValueError(
                 f"anomaly_min_consecutive must be >= 1, got {self.anomaly_min_consecutive}"
             )
-        if self.resolve_after < 1:
-            raise ValueError(f"resolve_after must be >= 1, got {self.resolve_after}")
+        if not self.resolve_dwell_s >= 0.0:
+            raise ValueError(f"resolve_dwell_s must be >= 0, got {self.resolve_dwell_s}")
 
 
 @dataclass(slots=True)
@@ -129,8 +134,8 @@ class RuleState:
     ``severity`` is the highest severity of the active episode (``None`` when idle);
     ``announced`` tells whether that episode's ``firing`` went out (False while held back
     by the cooldown); ``consecutive`` counts successive values beyond the warning
-    threshold (used by ``anomaly_high``); ``clear_streak`` counts successive clear values of
-    an active episode (it resolves at ``resolve_after``).
+    threshold (used by ``anomaly_high``); ``clear_since_ts_ms`` is when the values of an
+    active episode became clear (it resolves once they stayed so for ``resolve_dwell_s``).
     """
 
     severity: str | None = None
@@ -138,10 +143,10 @@ class RuleState:
     announced: bool = False
     last_resolved_ts_ms: int | None = None
     consecutive: int = 0
-    clear_streak: int = 0
+    clear_since_ts_ms: int | None = None
 
     def __setstate__(self, state: Any) -> None:
-        _set_slots(self, state, {"clear_streak": 0})
+        _set_slots(self, state, {"clear_since_ts_ms": None})
 
 
 @dataclass(slots=True)
@@ -227,7 +232,9 @@ def evaluate(state: AlertState, prediction: Prediction, thresholds: Thresholds) 
     [('health_low', 'firing', 'critical')]
     >>> evaluate(st, _example(health=0.35, ts_ms=60_000), th)  # sustained: nothing new
     []
-    >>> a = evaluate(st, _example(health=0.9, ts_ms=120_000), th)[0]
+    >>> evaluate(st, _example(health=0.9, ts_ms=120_000), th)  # clear: the dwell begins
+    []
+    >>> a = evaluate(st, _example(health=0.9, ts_ms=120_000 + 6 * 3_600_000), th)[0]
     >>> a.state, a.severity, a.threshold
     ('resolved', 'critical', 0.77)
     >>> a.message
@@ -300,6 +307,7 @@ class _RuleSpec:
     critical: Callable[[Thresholds], float]
     min_consecutive: Callable[[Thresholds], int]
     describe: Callable[[Prediction, Thresholds, float], str]
+    dwells: bool = False  # resolves only after resolve_dwell_s clear (rul_low, health_low)
 
     def beyond(self, value: float, threshold: float) -> bool:
         """True when ``value`` is on the bad side of ``threshold`` (strictly)."""
@@ -329,6 +337,7 @@ _SPECS = (
         critical=lambda th: th.rul_critical_hours,
         min_consecutive=lambda th: 1,
         describe=_rul_describe,
+        dwells=True,
     ),
     _RuleSpec(
         name=HEALTH_LOW,
@@ -338,6 +347,7 @@ _SPECS = (
         critical=lambda th: th.health_critical,
         min_consecutive=lambda th: 1,
         describe=lambda p, th, v: f"health {v:.3f}",
+        dwells=True,
     ),
     _RuleSpec(
         name=ANOMALY_HIGH,
@@ -375,12 +385,13 @@ def _step(
         return _alert(st, spec, FIRING, value, p, th) if st.announced else None
 
     if not spec.is_clear(value, th):
-        st.clear_streak = 0
+        st.clear_since_ts_ms = None
     else:
-        st.clear_streak += 1
-        if st.clear_streak < th.resolve_after:
+        if st.clear_since_ts_ms is None:
+            st.clear_since_ts_ms = p.ts_ms
+        if spec.dwells and p.ts_ms - st.clear_since_ts_ms < th.resolve_dwell_s * 1000.0:
             return None  # clear, but not for long enough yet (dwell against flapping)
-        st.clear_streak = 0
+        st.clear_since_ts_ms = None
         alert = _alert(st, spec, RESOLVED, value, p, th) if st.announced else None
         if st.announced:
             st.last_resolved_ts_ms = p.ts_ms

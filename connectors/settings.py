@@ -80,6 +80,7 @@ class AlertSettings(_Section):
     cooldown_s: float = _T.cooldown_s
     anomaly_min_consecutive: int = _T.anomaly_min_consecutive
     use_rul_lower_bound: bool = _T.use_rul_lower_bound
+    resolve_dwell_s: float = _T.resolve_dwell_s
 
 
 class DriftSettings(_Section):

@@ -26,7 +26,11 @@ T0_MS = 1_795_770_000_000  # 2026-11-27T09:00:00Z
 # The values these tests were written against (explicit, so changing a default does not
 # silently change what they check).
 TH = Thresholds(
-    anomaly_warning=0.9, anomaly_critical=0.98, anomaly_min_consecutive=3, cooldown_s=3600.0
+    anomaly_warning=0.9,
+    anomaly_critical=0.98,
+    anomaly_min_consecutive=3,
+    cooldown_s=3600.0,
+    resolve_dwell_s=0.0,
 )
 
 
@@ -170,7 +174,7 @@ def test_flapping_around_the_threshold_fires_once() -> None:
 
 
 def test_without_hysteresis_the_threshold_clears() -> None:
-    th = Thresholds(hysteresis=0.0, cooldown_s=0.0)
+    th = Thresholds(hysteresis=0.0, cooldown_s=0.0, resolve_dwell_s=0.0)
     out = run(AlertState(), th, health=[0.6, 0.7, 0.69])
     assert [brief(x) for x in out] == [
         [(HEALTH_LOW, "firing", "warning")],
@@ -345,7 +349,7 @@ def test_rul_lower_bound_is_used_only_when_asked() -> None:
 
 
 def test_rul_lower_bound_in_hours_and_absent() -> None:
-    th = Thresholds(use_rul_lower_bound=True)
+    th = Thresholds(use_rul_lower_bound=True, resolve_dwell_s=0.0)
     (a,) = evaluate(AlertState(), pred(rul=30.0, rul_hours=30.0, rul_lower=20.0), th)
     assert (a.severity, a.value) == ("critical", 20.0)
     (b,) = evaluate(AlertState(), pred(rul=30.0, rul_hours=30.0, rul_lower=None), th)
@@ -528,3 +532,58 @@ def test_any_prediction_sequence_yields_a_well_formed_history(
         evaluate(partial, p, th)
     restored = pickle.loads(pickle.dumps(partial))
     assert [evaluate(restored, p, th) for p in preds[cut:]] == history[cut:]
+
+
+# --- resolve dwell (flapping) --------------------------------------------------------------
+
+DWELL = Thresholds(cooldown_s=0.0, resolve_dwell_s=3600.0)  # one hour clear to resolve
+
+
+def hourly(state: AlertState, th: Thresholds, rul: list[float]) -> list[tuple[int, str, str]]:
+    """RUL predictions every 20 minutes; (index, state, severity) of the rul_low alerts."""
+    out = []
+    for i, r in enumerate(rul):
+        for a in evaluate(state, pred(1200.0 * i, rul=r, rul_hours=r), th):
+            if a.rule == "rul_low":
+                out.append((i, a.state, a.severity))
+    return out
+
+
+def test_a_wobbling_rul_keeps_one_episode_with_the_dwell() -> None:
+    wobble = [100, 62, 81, 90, 69, 80, 85, 70, 100, 100, 100, 100, 100]
+    assert hourly(AlertState(), DWELL, wobble) == [
+        (1, "firing", "warning"),
+        (11, "resolved", "warning"),
+    ]
+    no_dwell = Thresholds(cooldown_s=0.0, resolve_dwell_s=0.0)
+    assert [s for _, s, _ in hourly(AlertState(), no_dwell, wobble)] == [
+        "firing", "resolved", "firing", "resolved", "firing", "resolved",
+    ]  # fmt: skip
+
+
+def test_a_value_back_beyond_the_clear_level_restarts_the_dwell() -> None:
+    # clear at 2, 3, 4 (40 min), not clear at 5, clear from 6: resolves at 6 + 3 (one hour)
+    series = [100, 60, 90, 90, 90, 75, 90, 90, 90, 90, 90]
+    assert hourly(AlertState(), DWELL, series)[-1] == (9, "resolved", "warning")
+
+
+def test_the_dwell_never_delays_a_critical() -> None:
+    series = [100, 60, 90, 20, 90, 90, 90, 90]  # critical while the dwell runs
+    got = hourly(AlertState(), DWELL, series)
+    assert got == [(1, "firing", "warning"), (3, "escalated", "critical"),
+                   (7, "resolved", "critical")]  # fmt: skip
+    assert hourly(AlertState(), DWELL, [100, 10]) == [(1, "firing", "critical")]
+
+
+def test_anomaly_high_resolves_without_the_dwell() -> None:
+    th = Thresholds(anomaly_warning=0.9, anomaly_critical=0.98, resolve_dwell_s=3600.0)
+    st_ = AlertState()
+    first = evaluate(st_, pred(0.0, anomaly_score=0.95), th)
+    back = evaluate(st_, pred(60.0, anomaly_score=0.1), th)
+    assert brief(first) == [("anomaly_high", "firing", "warning")]
+    assert brief(back) == [("anomaly_high", "resolved", "warning")]
+
+
+def test_negative_dwell_is_refused() -> None:
+    with pytest.raises(ValueError, match="resolve_dwell_s"):
+        Thresholds(resolve_dwell_s=-1.0)

@@ -117,9 +117,9 @@ def test_notification_text_shows_the_evidence():
 def test_alert_states_pickled_before_the_evidence_still_load():
     st = AlertState()
     evaluate(st, _example(health=0.3), Thresholds())
-    # what a state pickled by the previous version held: no rul_history, no clear_streak
+    # what a state pickled by the previous version held: no rul_history, no clear_since_ts_ms
     old_rules = {
-        k: (None, {f: getattr(v, f) for f in RuleState.__slots__ if f != "clear_streak"})
+        k: (None, {f: getattr(v, f) for f in RuleState.__slots__ if f != "clear_since_ts_ms"})
         for k, v in st.rules.items()
     }
     loaded = AlertState.__new__(AlertState)
@@ -128,7 +128,7 @@ def test_alert_states_pickled_before_the_evidence_still_load():
         r = RuleState.__new__(RuleState)
         r.__setstate__(state)
         loaded.rules[k] = r
-    assert loaded.rul_history == [] and loaded.rule("health_low").clear_streak == 0
+    assert loaded.rul_history == [] and loaded.rule("health_low").clear_since_ts_ms is None
     back = pickle.loads(pickle.dumps(loaded))
-    out = evaluate(back, _example(health=0.95, ts_ms=60_000), Thresholds(resolve_after=1))
+    out = evaluate(back, _example(health=0.95, ts_ms=60_000), Thresholds(resolve_dwell_s=0.0))
     assert [(a.rule, a.state) for a in out] == [("health_low", "resolved")]
