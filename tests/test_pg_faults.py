@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import threading
 import time
@@ -39,6 +40,7 @@ from tests.private_services import PrivateServices
 from tests.test_postgres import readings as make_readings
 
 pytestmark = pytest.mark.integration
+OUTAGE_S = float(os.environ.get("PM_TEST_PG_OUTAGE_S", "30"))
 
 
 def wait_for(predicate: Any, what: str, timeout_s: float = 120.0) -> Any:
@@ -153,6 +155,7 @@ def test_postgres_outage_pauses_the_flow_is_visible_and_loses_nothing(private_pg
         wait_for(lambda: counts(dsn)[0] == half, "the first half in PostgreSQL")
         assert scrape(server.port, "/readyz")[0] == 200
         private_pg.stop("postgres")
+        stopped = time.monotonic()
         source.gate.set()  # the second half arrives while the database is down
 
         def outage_visible() -> str | None:
@@ -177,6 +180,9 @@ def test_postgres_outage_pauses_the_flow_is_visible_and_loses_nothing(private_pg
         wait_for(lambda: (sample(scrape(server.port, "/metrics")[1], "pm_sink_retries_total",
                                  'sink="postgres"') or 0) >= before + 3,
                  "the outage to go on for 3 more retries")  # fmt: skip
+        # hold the outage for the 30 s (PM_TEST_PG_OUTAGE_S), still visible at its end
+        time.sleep(max(0.0, OUTAGE_S - (time.monotonic() - stopped)))
+        assert sample(scrape(server.port, "/metrics")[1], "pm_sink_up", 'sink="postgres"') == 0
         assert flow.is_alive() and not errors, "the flow waits for the database, it does not stop"
         private_pg.start("postgres")
         restarted = True
