@@ -328,3 +328,25 @@ def test_joint_fault_shows_only_jointly() -> None:
             assert np.median(residual[~faulty]) - np.median(deep) > 4 * spread
     m = de.joint_fault_metrics(case)
     assert m.episodes == 4 and 0 <= m.detected <= 4
+
+
+def test_cli_likelihood_rows(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["--units", "1", "--readings", "300", "--kinds", "spike", "--settle", "100"]
+    assert (
+        de.main([*argv, "--nab-dir", str(NAB_FIXTURE), "--joint-units", "1", "--likelihood"]) == 0
+    )
+    out = capsys.readouterr().out
+    rows = [
+        line[24:58].strip() for line in out.splitlines() if line.startswith(("NAB dev", "pump"))
+    ]
+    assert rows == [
+        "flow rule (defaults): pages",
+        "raw score, best threshold",
+        "warning-only rule: pages",
+        "likelihood, flow rule: pages",
+        "likelihood, best threshold",
+        "flow rule (defaults)",
+        "likelihood, flow rule",
+    ]
+    assert de.main([*argv, "--no-nab", "--joint-units", "0"]) == 0
+    assert "NAB: skipped" in capsys.readouterr().out
