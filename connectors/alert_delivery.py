@@ -8,6 +8,11 @@ whose sender died once its lease ran out, including after a restart) and hands t
 Success is confirmed in the ledger; a failure is counted, logged (URLs masked) and stored
 as ``last_error``. At close, sends get ``close_grace_s`` to finish; what is left stays
 in the ledger for the next start.
+
+With ``windows`` (a :class:`~connectors.maintenance.WindowCache`), an alert whose machine
+is in a maintenance window at the alert's event time is recorded as usual (``alerts``
+table) but its ledger entries are 'suppressed': never sent, counted as
+``pm_alert_deliveries_total{result="suppressed"}``.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import psycopg
 from alerting.notify import AppriseNotifier, render
 from connectors import metrics
 from connectors.delivery_ledger import Job, Ledger, LocalLedger, PostgresLedger
+from connectors.maintenance import Window, WindowCache
 from connectors.settings import AlertDeliverySettings
 from models.logsafe import safe_for_log
 from models.schemas import Alert
@@ -41,8 +47,10 @@ class DeliveryWorker:
         settings: AlertDeliverySettings | None = None,
         *,
         sleep: Callable[[float], None] = time.sleep,
+        windows: WindowCache | None = None,
     ) -> None:
         self.ledger = ledger
+        self.windows = windows
         self.notifier = notifier
         self.settings = settings or AlertDeliverySettings()
         self.targets = {fp: notifier.label(fp) for fp in notifier.fingerprints}
@@ -105,11 +113,28 @@ class DeliveryWorker:
         wake the scheduler; return how many (alert, target) entries were new."""
         if not alerts:
             return 0
+        quiet = [a for a in alerts if self._window(a) is not None]
+        if quiet:
+            loud = [a for a in alerts if self._window(a) is None]
+            new = self._record(quiet, suppressed=True)
+            metrics.ALERT_DELIVERIES.labels("suppressed").inc(new)
+            if new:
+                log.info("alert delivery: %d alert(s) of machines in a maintenance window "
+                         "recorded, not sent", len(quiet))  # fmt: skip
+            return new + (self._record(loud) if loud else 0)
+        return self._record(alerts)
+
+    def _window(self, alert: Alert) -> Window | None:
+        if self.windows is None:
+            return None
+        return self.windows.window_for(alert.equipment_id, alert.ts_ms)
+
+    def _record(self, alerts: Sequence[Alert], suppressed: bool = False) -> int:
         messages = [render(a) for a in alerts]
         delay = 0.5
         while True:  # the flow waits for its database, as the PostgreSQL sink does
             try:
-                new = self.ledger.record(messages, self.targets, alerts)
+                new = self.ledger.record(messages, self.targets, alerts, suppressed)
                 break
             except psycopg.OperationalError as exc:
                 metrics.ALERT_DELIVERY_FAILURES.labels("store").inc()
@@ -120,7 +145,7 @@ class DeliveryWorker:
         duplicates = len(messages) * len(self.targets) - new
         if duplicates:
             metrics.ALERT_DELIVERIES.labels("duplicate").inc(duplicates)
-        if new:
+        if new and not suppressed:
             self._wake.set()
         return new
 
@@ -233,10 +258,13 @@ def build_worker(
     s = settings
     notifier = AppriseNotifier(urls, timeout_s=s.timeout_s, retries=0)
     ledger: Ledger
+    windows = None
     if database_url:
         ledger = PostgresLedger(database_url, lease_s=s.lease_s, max_attempts=s.max_attempts,
                                 targets=notifier.fingerprints)  # fmt: skip
-        mode = "ledger in PostgreSQL (durable, once per target across processes)"
+        windows = WindowCache.from_dsn(database_url)
+        mode = ("ledger in PostgreSQL (durable, once per target across processes), "
+                "maintenance windows honoured")  # fmt: skip
     elif redis_url:
         from connectors.redis_state import RedisDeliveryMarks
 
@@ -249,7 +277,7 @@ def build_worker(
         mode = "no database, no Redis: in memory only (lost on a kill), dedup in this process"
     log.warning("alert delivery: %s; %d target(s): %s", mode, len(notifier.targets),
                 ", ".join(map(notifier.label, notifier.fingerprints)))  # fmt: skip
-    return DeliveryWorker(ledger, notifier, s).start()
+    return DeliveryWorker(ledger, notifier, s, windows=windows).start()
 
 
 _shared: dict[Hashable, tuple[DeliveryWorker, int]] = {}

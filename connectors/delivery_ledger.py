@@ -48,7 +48,11 @@ class Job:
 
 class Ledger(Protocol):
     def record(
-        self, messages: Sequence[Message], targets: dict[str, str], alerts: Sequence[Alert] = ()
+        self,
+        messages: Sequence[Message],
+        targets: dict[str, str],
+        alerts: Sequence[Alert] = (),
+        suppressed: bool = False,
     ) -> int: ...
 
     def claim(self, limit: int) -> list[Job]: ...
@@ -84,6 +88,13 @@ ON CONFLICT (alert_id, target) DO NOTHING
 RETURNING 1
 """
 
+
+# a maintenance window's alerts: recorded for every target as 'suppressed', never claimed
+_RECORD_SUPPRESSED_SQL = _RECORD_SQL.replace(
+    "target_label, payload)\nSELECT a, t, l, p::jsonb",
+    "target_label, payload, state, due_at)\nSELECT a, t, l, p::jsonb, 'suppressed', NULL",
+)
+assert _RECORD_SUPPRESSED_SQL != _RECORD_SQL
 
 _RECORD_WITH_ALERTS_SQL = (
     """
@@ -143,10 +154,15 @@ class PostgresLedger:
                 raise
 
     def record(
-        self, messages: Sequence[Message], targets: dict[str, str], alerts: Sequence[Alert] = ()
+        self,
+        messages: Sequence[Message],
+        targets: dict[str, str],
+        alerts: Sequence[Alert] = (),
+        suppressed: bool = False,
     ) -> int:
         """Add a pending entry per message and target (fingerprint → masked label);
-        return how many were new (the others were recorded before: replays).
+        return how many were new (the others were recorded before: replays). With
+        ``suppressed`` (a maintenance window) the entries are 'suppressed': never sent.
 
         ``alerts`` (the alerts behind ``messages``) are written to the ``alerts`` table in
         the same statement, so nothing is ever delivered that the table does not hold,
@@ -161,8 +177,9 @@ class PostgresLedger:
             [label for _, _, label in rows],
             [json.dumps(m.to_json()) for m, _, _ in rows],
         )
+        record_sql = _RECORD_SUPPRESSED_SQL if suppressed else _RECORD_SQL
         if not alerts:
-            return len(self._run(_RECORD_SQL, params))
+            return len(self._run(record_sql, params))
         from connectors.postgres_sink import dumps_json, ms_to_datetime
 
         columns = list(zip(*[
@@ -170,7 +187,8 @@ class PostgresLedger:
              a.state, a.value, a.threshold, a.message, dumps_json(a.evidence))
             for a in alerts
         ], strict=True))  # fmt: skip
-        return len(self._run(_RECORD_WITH_ALERTS_SQL, (*map(list, columns), *params)))
+        sql = _RECORD_WITH_ALERTS_SQL.replace(_RECORD_SQL, record_sql)
+        return len(self._run(sql, (*map(list, columns), *params)))
 
     def claim(self, limit: int) -> list[Job]:
         rows = self._run(
@@ -257,7 +275,11 @@ class LocalLedger:
         self._lock = threading.Lock()
 
     def record(
-        self, messages: Sequence[Message], targets: dict[str, str], alerts: Sequence[Alert] = ()
+        self,
+        messages: Sequence[Message],
+        targets: dict[str, str],
+        alerts: Sequence[Alert] = (),
+        suppressed: bool = False,
     ) -> int:
         new = 0
         now = self._clock()
@@ -267,8 +289,11 @@ class LocalLedger:
                     key = (m.alert_id, fp)
                     if key in self._delivered or key in self._pending:
                         continue
-                    self._pending[key] = _Entry(Job(m.alert_id, fp, m, 0), now)
                     new += 1
+                    if suppressed:  # a maintenance window: remembered, never sent
+                        self._remember(key)
+                        continue
+                    self._pending[key] = _Entry(Job(m.alert_id, fp, m, 0), now)
             while len(self._pending) > self.max_pending:
                 (alert_id, fp), _ = self._pending.popitem(last=False)
                 metrics.ALERT_DELIVERY_FAILURES.labels("overflow").inc()

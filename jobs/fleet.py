@@ -6,6 +6,9 @@
     pm alerts ack ALERT_ID --by NAME                  acknowledge (idempotent)
     pm alerts fatigue [--dwell-hours H] [--json]      alert-fatigue figures
     pm web [--bind 127.0.0.1] [--port 8501]           the fleet web page
+    pm maintenance add ID --to TIME [--from TIME] --reason TEXT [--by NAME]
+                                                      a maintenance window (no notifications)
+    pm maintenance list [--equipment ID] [--json]     maintenance windows, newest first
 
 The database comes from ``--database-url`` or the settings (``PM_DATABASE_URL`` or the
 ``PM_CONFIG`` YAML); alert thresholds from the settings too. Exit codes: 0 ok, 1 unknown
@@ -15,10 +18,11 @@ equipment or alert, 2 bad usage, configuration or database error.
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
 import sys
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -233,6 +237,50 @@ def cmd_alerts_fatigue(args: argparse.Namespace, settings: Settings, dsn: str) -
     return 0
 
 
+def _when(text: str) -> datetime:
+    """``--from``/``--to``: ISO-8601 (naive means UTC) or ``now``."""
+    if text.strip().lower() == "now":
+        return datetime.now(UTC)
+    try:
+        dt = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise UsageError(f"not an ISO-8601 time: {safe_for_log(text, 40)!r}") from None
+    return dt if dt.tzinfo is not None else dt.replace(tzinfo=UTC)
+
+
+def cmd_maintenance_add(args: argparse.Namespace, settings: Settings, dsn: str) -> int:
+    from connectors.maintenance import add_window
+
+    starts, ends = _when(args.starts), _when(args.ends)
+    if not ends > starts:
+        raise UsageError(f"--to ({_t(ends)}) must be after --from ({_t(starts)})")
+    if not args.reason.strip() or not args.equipment_id.strip():
+        raise UsageError("the equipment id and --reason must not be empty")
+    by = args.by or getpass.getuser()
+    w = add_window(dsn, args.equipment_id, starts, ends, args.reason, by)
+    if args.json:
+        print(_json(w.to_json_dict()))
+    else:
+        print(f"maintenance window {w.id}: {_s(w.equipment_id, 40)} from {_t(w.starts_at)} "
+              f"to {_t(w.ends_at)} ({_s(w.reason)}, by {_s(w.created_by, 40)}): alerts are "
+              "recorded, not notified")  # fmt: skip
+    return 0
+
+
+def cmd_maintenance_list(args: argparse.Namespace, settings: Settings, dsn: str) -> int:
+    from connectors.maintenance import list_windows
+
+    windows = list_windows(dsn, args.equipment, limit=args.limit)
+    if args.json:
+        print(_json([w.to_json_dict() for w in windows]))
+        return 0
+    headers = ["id", "equipment", "from", "to", "reason", "by"]
+    rows = [[str(w.id), _s(w.equipment_id, 40), _t(w.starts_at), _t(w.ends_at), _s(w.reason),
+             _s(w.created_by, 40)] for w in windows]  # fmt: skip
+    print(table(headers, rows) if rows else "no maintenance windows")
+    return 0
+
+
 def cmd_web(args: argparse.Namespace, settings: Settings, dsn: str) -> int:
     from jobs.web import serve
 
@@ -271,6 +319,21 @@ def parser() -> argparse.ArgumentParser:
         help="a re-fire within this long after resolving is a flap (default 6)",
     )
     fat.set_defaults(func=cmd_alerts_fatigue)
+
+    mnt = sub.add_parser("maintenance", help="maintenance windows: alerts recorded, not sent")
+    msub = mnt.add_subparsers(dest="sub", required=True)
+    madd = msub.add_parser("add", parents=[common], help="add a window for one machine")
+    madd.add_argument("equipment_id", metavar="ID")
+    madd.add_argument("--from", dest="starts", default="now", metavar="TIME",
+                      help="start, ISO-8601 (naive = UTC) or 'now' (default)")  # fmt: skip
+    madd.add_argument("--to", dest="ends", required=True, metavar="TIME", help="end, ISO-8601")
+    madd.add_argument("--reason", required=True, help="why (shown in the list)")
+    madd.add_argument("--by", metavar="NAME", help="who (default: the login name)")
+    madd.set_defaults(func=cmd_maintenance_add)
+    mls = msub.add_parser("list", parents=[common], help="windows, newest end first")
+    mls.add_argument("--equipment", metavar="ID", help="one machine's windows")
+    mls.add_argument("--limit", type=int, default=100, help="rows shown (default 100)")
+    mls.set_defaults(func=cmd_maintenance_list)
 
     web = sub.add_parser("web", parents=[common], help="serve the fleet web page")
     web.add_argument("--bind", default="127.0.0.1", help="address (default 127.0.0.1)")
