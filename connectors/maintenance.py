@@ -1,5 +1,5 @@
 """Maintenance windows (migration 008): planned work per machine, during which alerts are
-stored but not notified.
+stored but not notified; and the recorded repairs (migration 005) the flow re-baselines on.
 
 * :func:`add_window` / :func:`list_windows`: what ``pm maintenance add`` / ``list`` run.
 * :class:`WindowCache`: what the delivery worker asks, per alert, "is this machine in a
@@ -7,10 +7,13 @@ stored but not notified.
   seconds (a few rows; the newest ``MAX_WINDOWS``); if PostgreSQL cannot be read it keeps
   the windows it had (logged once per outage), so an outage never suppresses more than the
   operators asked for, and never blocks delivery.
+* :class:`RepairCache`: each machine's recorded repairs (``maintenance_events``), re-read
+  every ``refresh_s`` seconds, for the flow's state step (see ``flows.steps``).
 """
 
 from __future__ import annotations
 
+import bisect
 import logging
 import threading
 import time
@@ -140,3 +143,67 @@ class WindowCache:
         for w in windows:
             by_machine.setdefault(w.equipment_id, []).append(w)
         self._by_machine = by_machine
+
+
+def load_repairs(dsn: str) -> dict[str, list[int]]:
+    """Every machine's recorded repairs (``maintenance_events``, migration 005: failures
+    and preventive maintenance alike end a unit's life) as sorted event times in ms."""
+    with psycopg.connect(dsn, connect_timeout=5, options="-c statement_timeout=5000") as conn:
+        rows = conn.execute(
+            "SELECT equipment_id, array_agg((extract(epoch FROM ts) * 1000)::bigint ORDER BY ts)"
+            " FROM maintenance_events GROUP BY equipment_id"
+        ).fetchall()
+    return {str(eq): [int(t) for t in ts] for eq, ts in rows}
+
+
+class RepairCache:
+    """The recorded repairs per machine, re-read at most every ``refresh_s`` seconds (in
+    the calling thread: one short query); an unreadable table keeps what was known
+    (logged once per outage)."""
+
+    def __init__(
+        self,
+        load: Callable[[], dict[str, list[int]]],
+        refresh_s: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+        secrets: Sequence[str] = (),
+    ) -> None:
+        self._load = load
+        self.refresh_s = refresh_s
+        self._clock = clock
+        self._secrets = list(secrets)
+        self._repairs: dict[str, list[int]] = {}
+        self._loaded_at: float | None = None
+        self._down = False
+
+    @classmethod
+    def from_dsn(cls, dsn: str, refresh_s: float = 30.0) -> RepairCache:
+        return cls(lambda: load_repairs(dsn), refresh_s, secrets=[dsn])
+
+    def refresh(self) -> None:
+        """Re-read the table if the last read is older than ``refresh_s``."""
+        now = self._clock()
+        if self._loaded_at is not None and now - self._loaded_at < self.refresh_s:
+            return
+        self._loaded_at = now
+        try:
+            self._repairs = self._load()
+        except psycopg.Error as exc:
+            if not self._down:
+                first = redact((str(exc).strip().splitlines() or [""])[0], self._secrets)
+                log.warning("maintenance events: cannot read them (%s: %s); re-baselining "
+                            "goes on with the %d machine(s) known", type(exc).__name__,
+                            first[:200], len(self._repairs))  # fmt: skip
+            self._down = True
+            return
+        if self._down:
+            log.warning("maintenance events: readable again")
+            self._down = False
+
+    def last_repair(self, equipment_id: str, ts_ms: int) -> int | None:
+        """The latest recorded repair of this machine at or before ``ts_ms``, if any."""
+        times = self._repairs.get(equipment_id)
+        if not times:
+            return None
+        i = bisect.bisect_right(times, ts_ms)
+        return times[i - 1] if i else None

@@ -56,7 +56,8 @@ IMPUTED_SENSORS = Counter(
 )  # fmt: skip
 STATE_REWARMS = Counter(
     "pm_state_rewarms_total",
-    "Per-equipment states rebuilt on resume (feature layout changed)", ["equipment_type"],
+    "Per-equipment states rebuilt (feature layout changed on resume; a recorded repair)",
+    ["equipment_type"],
 )  # fmt: skip
 FEATURE_DRIFT_MAX = Gauge(
     "pm_feature_drift_max", "Largest feature PSI against the training reference",

@@ -195,6 +195,9 @@ class Settings(BaseSettings):
     predict_every: int = Field(1, ge=1, description="predict every N readings per equipment")
     allowed_lateness_s: float = Field(3600.0, ge=0)
     idle_expiry_s: float = Field(7 * 24 * 3600.0, gt=0)
+    maintenance_refresh_s: float = Field(
+        30.0, gt=0, description="how often maintenance_events is re-read (re-baselining)"
+    )
     health_anomaly_weight: float = Field(0.3, ge=0.0, le=1.0)
     kafka_brokers: str = "127.0.0.1:9092"
     database_url: SecretStr | None = None

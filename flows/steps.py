@@ -17,6 +17,7 @@ from bytewax.operators import StatefulBatchLogic
 
 from alerting.rules import AlertState, Thresholds, evaluate
 from connectors import metrics
+from connectors.maintenance import RepairCache
 from connectors.model_holder import ModelHolder
 from connectors.settings import Settings
 from models.anomaly import AnomalyDetector
@@ -26,7 +27,7 @@ from models.features import FeatureConfig
 from models.logsafe import safe_for_log
 from models.predict import predict_batch
 from models.rul import RulModel, check_features
-from models.schemas import Alert, DeadLetter, Origin, Prediction, Reading
+from models.schemas import Alert, DeadLetter, Origin, Prediction, Reading, ms_to_iso
 
 NO_MODEL = "none"
 log = logging.getLogger(__name__)
@@ -42,6 +43,7 @@ class Runtime:
     _drift_refs: dict[tuple[str, str], Any] = field(default_factory=dict)
     active_equipment: int = 0  # machines with state in this process (all workers)
     _rewarmed: dict[str, int] = field(default_factory=dict)
+    repairs: RepairCache | None = None  # maintenance_events, when there is a database
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Runtime:
@@ -79,7 +81,11 @@ class Runtime:
                 on_swap=on_swap,
                 on_reload=lambda result: metrics.MODEL_RELOADS.labels(result).inc(),
             )
-        return cls(settings, thresholds, holder)
+        repairs = None
+        if settings.database_url is not None:
+            dsn = settings.database_url.get_secret_value()
+            repairs = RepairCache.from_dsn(dsn, settings.maintenance_refresh_s)
+        return cls(settings, thresholds, holder, repairs=repairs)
 
     def drift_reference(self, equipment_type: str) -> tuple[str, Any] | None:
         """(model version, DriftReference) of this type's model, parsed once per version."""
@@ -164,7 +170,13 @@ class EquipmentLogic(StatefulBatchLogic[Reading, Scored | DeadLetter, bytes]):
     A state resumed from recovery whose feature layout no longer matches the running model
     (a new model, other windows) is rebuilt, with a log line, rather than fed wrong
     features. Past ``max_equipment_per_process`` machines, a new id's readings are
-    dead-lettered (state stays bounded under a flood of invented ids)."""
+    dead-lettered (state stays bounded under a flood of invented ids).
+
+    Re-baselining: with a database, the recorded repairs (``maintenance_events``, re-read
+    every ``maintenance_refresh_s``) are checked per reading; the first reading at or after
+    a repair of a machine whose state holds readings from before it rebuilds the state (a
+    log line): the window, the detector's warm-up and baselines, the anomaly level and the
+    operating history (the model's age feature) start afresh, as for a new machine."""
 
     def __init__(self, runtime: Runtime, state: EquipmentState | None) -> None:
         self.runtime = runtime
@@ -197,7 +209,12 @@ class EquipmentLogic(StatefulBatchLogic[Reading, Scored | DeadLetter, bytes]):
         if self.state is None:
             self.state = rt.new_equipment_state(values[0])
         out: list[Scored | DeadLetter] = []
+        repairs = rt.repairs
+        if repairs is not None:
+            repairs.refresh()
         for reading in values:
+            if repairs is not None:
+                self._rebaseline(reading, repairs)
             result = self.state.ingest(reading)
             if isinstance(result, Rejected):
                 metrics.DEAD_LETTERS.labels(result.kind).inc()
@@ -211,6 +228,17 @@ class EquipmentLogic(StatefulBatchLogic[Reading, Scored | DeadLetter, bytes]):
             out.append(result)
         self.last_active = time.time()
         return out, StatefulBatchLogic.RETAIN
+
+    def _rebaseline(self, reading: Reading, repairs: RepairCache) -> None:
+        last = repairs.last_repair(reading.equipment_id, reading.ts_ms)
+        st = self.state
+        if last is None or st is None or st.since_ms is None or st.since_ms >= last:
+            return
+        log.info("re-baselining %s after its repair recorded at %s: window, detector "
+                 "warm-up and operating history start afresh", safe_text(reading.equipment_id),
+                 ms_to_iso(last))  # fmt: skip
+        metrics.STATE_REWARMS.labels(metrics.type_label(reading.equipment_type)).inc()
+        self.state = self.runtime.new_equipment_state(reading)
 
     def notify_at(self) -> datetime:
         return datetime.fromtimestamp(self.last_active + self.idle_s, tz=UTC)

@@ -70,6 +70,7 @@ class EquipmentState:
     _counts: list[float] | None = None
     equipment_type: str | None = None
     _imputed = 0
+    since_ms: int | None = None  # the first accepted reading's event time (re-baselining)
 
     def __init__(
         self,
@@ -118,6 +119,8 @@ class EquipmentState:
                 f"{self.lateness_ms / 1000:.0f} s) behind {ms_to_iso(self.max_ts_ms)}",
             )
         self._remember(ts)
+        if self.since_ms is None:
+            self.since_ms = ts
         row = self.window_row(reading)
         self.buffer.append(row)
         score, evidence = self._score(row)

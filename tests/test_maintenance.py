@@ -101,3 +101,57 @@ def test_the_cache_sees_new_windows_after_its_refresh_and_keeps_them_in_an_outag
     now[0] = 62.0
     assert cache.window_for("turbofan-0007", T_IN) is not None  # kept while unreadable
     assert any("cannot read them" in r.getMessage() for r in caplog.records)
+
+
+# -- re-baselining after a recorded repair (in process, real PostgreSQL) ---------------------
+
+
+def _fleet() -> list[dict]:
+    from connectors.simulator import SimConfig, simulate
+
+    cfg = SimConfig(num_equipment=3, equipment_types=("pump",), readings=160, seed=5,
+                    healthy_fraction=0.0)  # fmt: skip
+    return [r for r, _ in simulate(cfg)]
+
+
+def _after(preds, eq: str, t_ms: int) -> list[tuple]:
+    return [(p.ts_ms, p.rul, p.anomaly_score, p.health, p.top_sensors) for p in preds
+            if p.equipment_id == eq and p.ts_ms >= t_ms]  # fmt: skip
+
+
+def test_a_recorded_repair_restarts_the_machines_state_as_for_a_new_machine(
+    db: str, model_dir, caplog
+) -> None:
+    import logging
+
+    from connectors.settings import load_settings
+    from tests.flow_helpers import records_from_dicts, run_flow
+
+    caplog.set_level(logging.INFO, logger="flows.steps")
+    readings = _fleet()
+    eq = readings[0]["equipment_id"]
+    mine = [r for r in readings if r["equipment_id"] == eq]
+    repair_ts = mine[90]["ts"]
+    t_ms = iso_to_ms(repair_ts)
+    with psycopg.connect(db, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO maintenance_events (equipment_id, ts, kind, note)"
+            " VALUES (%s, %s, 'maintenance', 'pump seal replaced')", (eq, repair_ts),
+        )  # fmt: skip
+    with_db = load_settings(model=str(model_dir), output="none", database_url=db)
+    plain = load_settings(model=str(model_dir), output="none")
+
+    repaired, _, _ = run_flow(with_db, records_from_dicts(readings))
+    # the same machine as if it were new at the repair: its earlier readings never seen
+    fresh_stream = [r for r in readings if r["equipment_id"] != eq or iso_to_ms(r["ts"]) >= t_ms]
+    fresh, _, _ = run_flow(plain, records_from_dicts(fresh_stream))
+    unrepaired, _, _ = run_flow(plain, records_from_dicts(readings))
+
+    got = _after(repaired, eq, t_ms)
+    assert len(got) == len(mine) - 90
+    assert got == _after(fresh, eq, t_ms)
+    assert got != _after(unrepaired, eq, t_ms)  # the reset is what made them equal
+    for other in {r["equipment_id"] for r in readings} - {eq}:  # other machines untouched
+        assert _after(repaired, other, 0) == _after(unrepaired, other, 0)
+    lines = [r.getMessage() for r in caplog.records if "re-baselining" in r.getMessage()]
+    assert len(lines) == 1 and eq in lines[0]
