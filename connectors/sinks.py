@@ -41,6 +41,7 @@ class _Row:
     alerts: int = 0
     predictions: int = 0
     last_ts_ms: int = 0
+    first_ts_ms: int | None = None
 
 
 def fleet_table(rows: dict[str, _Row]) -> str:
@@ -67,6 +68,52 @@ def fleet_table(rows: dict[str, _Row]) -> str:
     return "\n".join(lines)
 
 
+MAX_FATIGUE_ALERTS = 100_000  # alert transitions kept for the fatigue figures at the end
+
+
+def fatigue_summary(alerts: list[Alert], rows: dict[str, _Row]) -> str:
+    """The alert-fatigue figures of a run (``connectors.fleet_fatigue``, as ``pm alerts
+    fatigue`` computes them from the database): per rule, and the worst machines.
+
+    >>> a = [Alert(f"i{k}", "p1", k * 3_600_000, "rul_low", "warning", s, 1.0, 2.0, "m")
+    ...      for k, s in enumerate(["firing", "resolved", "firing"])]
+    >>> print(fatigue_summary(a, {"p1": _Row("pump", first_ts_ms=0, last_ts_ms=86_400_000)}))
+    alert fatigue (flap: firing within 6 h of a resolve of the same machine and rule):
+    rule                   alerts  per machine-day  episodes  flaps  flap rate
+    rul_low                     2             2.00         2      1       0.50
+    worst machines: p1 2.00/day (1 flaps)
+    """
+    from datetime import UTC, datetime
+
+    from connectors.fleet_fatigue import DEFAULT_DWELL_S, fatigue
+
+    spans = {eq: (r.equipment_type, (r.last_ts_ms - r.first_ts_ms) / 1000.0)
+             for eq, r in rows.items() if r.first_ts_ms is not None}  # fmt: skip
+    ordered = sorted(alerts, key=lambda a: (a.equipment_id, a.rule, a.ts_ms))
+    report = fatigue(
+        (
+            {"equipment_id": a.equipment_id, "rule": a.rule, "state": a.state,
+             "ts": datetime.fromtimestamp(a.ts_ms / 1000, UTC), "acknowledged_at": None}
+            for a in ordered
+        ),
+        spans,
+    )  # fmt: skip
+    lines = [
+        f"alert fatigue (flap: firing within {DEFAULT_DWELL_S / 3600:g} h of a resolve of the "
+        "same machine and rule):",
+        f"{'rule':<20} {'alerts':>8} {'per machine-day':>16} {'episodes':>9} {'flaps':>6} "
+        f"{'flap rate':>10}",
+    ]
+    for f in report.rules:
+        lines.append(f"{f.key:<20} {f.alerts:>8} {f.per_machine_day:>16.2f} {f.episodes:>9} "
+                     f"{f.flaps:>6} {f.flap_rate:>10.2f}")  # fmt: skip
+    worst = [f for f in report.machines if f.alerts][:3]
+    if worst:
+        lines.append("worst machines: " + ", ".join(
+            f"{f.key} {f.per_machine_day:.2f}/day ({f.flaps} flaps)" for f in worst))  # fmt: skip
+    return "\n".join(lines)
+
+
 class _ConsolePartition(StatefulSinkPartition[OutItem, None]):
     def __init__(self, out: TextIO, err: TextIO, progress_s: float) -> None:
         self.out, self.err = out, err
@@ -75,6 +122,7 @@ class _ConsolePartition(StatefulSinkPartition[OutItem, None]):
         self.fleet_alerts = 0
         self.predictions = 0
         self.alerts = 0
+        self.alert_log: list[Alert] = []  # for the fatigue figures (bounded)
         self.progress_s = progress_s
         self._next_progress = time.monotonic() + progress_s
 
@@ -109,10 +157,14 @@ class _ConsolePartition(StatefulSinkPartition[OutItem, None]):
             row.rul, row.rul_unit, row.rul_hours = p.rul, p.rul_unit, p.rul_hours
             row.health, row.anomaly, row.status = p.health, p.anomaly_score, p.status
             row.last_ts_ms = p.ts_ms
+        if row.first_ts_ms is None or p.ts_ms < row.first_ts_ms:
+            row.first_ts_ms = p.ts_ms
         row.predictions += 1
 
     def _alert(self, a: Alert) -> None:
         self.alerts += 1
+        if len(self.alert_log) < MAX_FATIGUE_ALERTS:
+            self.alert_log.append(a)
         if a.state != "resolved":
             if a.equipment_id.startswith("fleet:"):  # fleet-level (drift): not a machine
                 self.fleet_alerts += 1
@@ -131,6 +183,8 @@ class _ConsolePartition(StatefulSinkPartition[OutItem, None]):
         print("\n" + fleet_table(self.rows), file=self.out, flush=True)
         if self.fleet_alerts:
             print(f"{self.fleet_alerts} fleet-level alerts (feature drift)", file=self.out)
+        if self.alert_log:
+            print("\n" + fatigue_summary(self.alert_log, self.rows), file=self.out, flush=True)
         if self.dead:
             print(f"{self.dead} dead letters", file=self.out, flush=True)
 
