@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import pickle
 
+import pytest
+
 from alerting.notify import render
 from alerting.rules import RUL_HISTORY, RULES, AlertState, RuleState, Thresholds, _example, evaluate
 from connectors.settings import load_settings
@@ -132,3 +134,47 @@ def test_alert_states_pickled_before_the_evidence_still_load():
     back = pickle.loads(pickle.dumps(loaded))
     out = evaluate(back, _example(health=0.95, ts_ms=60_000), Thresholds(resolve_dwell_s=0.0))
     assert [(a.rule, a.state) for a in out] == [("health_low", "resolved")]
+
+
+def _evidenced_alert():
+    st = AlertState()
+    out = []
+    for i in range(3):
+        p = _example(ts_ms=i * 3_600_000, rul=40.0 - 5 * i, rul_hours=80.0 - 10 * i,
+                     rul_lower=30.0 - 5 * i, rul_upper=45.0 - 5 * i,
+                     sensor_evidence=(("T24", 644.5, 642.1, 4.25),))  # fmt: skip
+        out += evaluate(st, p, Thresholds())
+    (alert,) = out
+    return alert
+
+
+def test_the_alerts_topic_message_carries_the_evidence():
+    from connectors.kafka_io import alert_message
+
+    alert = _evidenced_alert()
+    _key, value, _headers = alert_message(alert)
+    ev = json.loads(value)["evidence"]
+    assert ev["sensors"] == [{"sensor": "T24", "value": 644.5, "baseline": 642.1, "z": 4.25}]
+    assert [t["rul_hours"] for t in ev["rul_trend"]] == [80.0, 70.0]
+    assert ev["rul_slope_h_per_h"] == -10.0 and ev["model_version"] == "3"
+
+
+@pytest.mark.integration
+def test_the_alerts_table_stores_the_evidence(fresh_db):
+    import psycopg
+
+    from connectors.delivery_ledger import PostgresLedger
+    from connectors.migrate import apply_migrations
+
+    apply_migrations(fresh_db)
+    alert = _evidenced_alert()
+    ledger = PostgresLedger(fresh_db, targets=["f" * 16])
+    try:
+        assert ledger.record([render(alert)], {"f" * 16: "json://127.0.0.1/x"}, [alert]) == 1
+    finally:
+        ledger.close()
+    with psycopg.connect(fresh_db) as conn:
+        (ev,) = conn.execute("SELECT evidence FROM alerts WHERE alert_id = %s",
+                             (alert.alert_id,)).fetchone()  # fmt: skip
+    assert ev == json.loads(json.dumps(alert.evidence))
+    assert ev["sensors"][0]["sensor"] == "T24" and len(ev["rul_trend"]) == 2
