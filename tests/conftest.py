@@ -8,6 +8,7 @@ import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -112,3 +113,17 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     args = ["--units", "40", "--folds", "0", "--max-iter", "120", "--no-mlflow"]
     assert main([*args, "--seed", "11", "--out", str(out)]) == 0
     return out
+
+
+@pytest.fixture(scope="module")
+def private_pg() -> Iterator[Any]:
+    """A PostgreSQL of the module's own (infra/scripts/postgres.sh on a free port, fresh),
+    for tests that stop it; stopped and removed afterwards, whatever happened."""
+    from tests.private_services import PrivateServices
+
+    svc = PrivateServices()
+    try:
+        svc.start("postgres", fresh=True)
+        yield svc
+    finally:
+        svc.close()

@@ -23,7 +23,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from connectors.simulator import main as simulator_main
 from models.equipment import EQUIPMENT_TYPES
-from tests.private_services import PrivateServices, free_port
+from tests.private_services import free_port
 from tests.test_pg_faults import sample, scrape, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -69,16 +69,6 @@ def listens_on_loopback_only(port: int) -> bool:
         if int(hexport, 16) == port and state == "0A":
             binds.append(addr)
     return binds == ["0100007F"]
-
-
-@pytest.fixture(scope="module")
-def private_pg() -> Iterator[PrivateServices]:
-    svc = PrivateServices()
-    try:
-        svc.start("postgres", fresh=True)
-        yield svc
-    finally:
-        svc.close()
 
 
 @pytest.fixture

@@ -10,21 +10,18 @@ twice, no alert delivered twice.
 from __future__ import annotations
 
 import json
-import os
-import uuid
 from collections import Counter
 
 import psycopg
 import pytest
-import redis
 from bytewax.testing import cluster_main
-from confluent_kafka import Consumer, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka import Producer
 
 from connectors.redis_state import RedisStatusStore
 from connectors.settings import load_settings
 from connectors.simulator import main as simulator_main
 from flows.pipeline import build_flow
+from tests.flow_process import consume_all, service_run
 from tests.http_receiver import HttpReceiver
 
 pytestmark = pytest.mark.integration
@@ -40,54 +37,8 @@ BAD_MESSAGES = [
 
 @pytest.fixture
 def services():
-    brokers = os.environ.get("PM_TEST_KAFKA_BROKERS")
-    db = os.environ.get("PM_TEST_DATABASE_URL")
-    redis_url = os.environ.get("PM_TEST_REDIS_URL")
-    if not (brokers and db and redis_url):
-        pytest.skip("needs PM_TEST_KAFKA_BROKERS, PM_TEST_DATABASE_URL, PM_TEST_REDIS_URL")
-    run = uuid.uuid4().hex[:8]
-    dbname = f"pm_e2e_{run}"
-    with psycopg.connect(db, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{dbname}"')
-    test_db = db.rsplit("/", 1)[0] + f"/{dbname}"
-    topics = {name: f"{name}-{run}" for name in ("raw", "predictions", "alerts", "dlq")}
-    admin = AdminClient({"bootstrap.servers": brokers})
-    futures = admin.create_topics(
-        [
-            NewTopic(t, num_partitions=4 if k in ("raw", "predictions") else 1)
-            for k, t in topics.items()
-        ]
-    )
-    for f in futures.values():
-        f.result(30)
-    test_redis = f"{redis_url.rsplit('/', 1)[0]}/3"
-    redis.Redis.from_url(test_redis).flushdb()  # alert ids are deterministic: start clean
-    yield brokers, test_db, test_redis, topics, run
-    admin.delete_topics(list(topics.values()))
-    with psycopg.connect(db, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
-
-
-def consume_all(brokers: str, topic: str) -> list:
-    c = Consumer({"bootstrap.servers": brokers, "group.id": f"t-{uuid.uuid4().hex}",
-                  "enable.auto.commit": False})  # fmt: skip
-    meta = c.list_topics(topic, timeout=10).topics[topic]
-    parts = []
-    for p in meta.partitions:
-        _lo, hi = c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
-        if hi > 0:
-            parts.append(TopicPartition(topic, p, 0))
-    total = sum(c.get_watermark_offsets(tp, timeout=10)[1] for tp in parts)
-    c.assign(parts)
-    out = []
-    for _ in range(200):
-        if len(out) >= total:
-            break
-        for m in c.consume(1000, timeout=0.5):
-            if not m.error():
-                out.append(m)
-    c.close()
-    return out
+    with service_run("e2e", redis_db=3) as s:  # alert ids are deterministic: a clean Redis
+        yield s.brokers, s.db, s.redis_url, s.topics, s.run
 
 
 def test_simulator_kafka_flow_postgres_redis_alerts(services, model_dir, tmp_path):

@@ -20,7 +20,6 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -36,7 +35,6 @@ from connectors.settings import load_settings
 from connectors.simulator import SimConfig, simulate
 from flows.pipeline import build_flow
 from tests.flow_helpers import records_from_dicts
-from tests.private_services import PrivateServices
 from tests.test_postgres import readings as make_readings
 
 pytestmark = pytest.mark.integration
@@ -101,16 +99,6 @@ class GatedSource(FixedPartitionedSource[Any, int]):
 
     def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _GatedPartition:
         return _GatedPartition(self, resume_state or 0)
-
-
-@pytest.fixture(scope="module")
-def private_pg() -> Iterator[PrivateServices]:
-    svc = PrivateServices()
-    try:
-        svc.start("postgres", fresh=True)
-        yield svc
-    finally:
-        svc.close()
 
 
 def counts(dsn: str) -> tuple[int, int, int]:
