@@ -12,6 +12,8 @@ import threading
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from models.equipment import EQUIPMENT_TYPES
+
 READINGS = Counter("pm_readings_total", "Valid readings taken in", ["equipment_type"])
 DEAD_LETTERS = Counter(
     "pm_dead_letters_total", "Readings not used, by reason", ["reason"]
@@ -88,8 +90,6 @@ def record_drift(equipment_type: str, max_psi: float, top: list, rows: float) ->
 def type_label(equipment_type: str) -> str:
     """The metric label of an equipment type: catalog types by name, every other one as
     ``other`` (a flood of invented types must not create a flood of series)."""
-    from models.equipment import EQUIPMENT_TYPES
-
     return equipment_type if equipment_type in EQUIPMENT_TYPES else "other"
 
 

@@ -155,13 +155,8 @@ class Runtime:
         if n == 1 or n % 1000 == 0:
             log.warning(
                 "re-warming %d %s machine(s) resumed from recovery: %s; their windows and "
-                "detectors start afresh", n, safe_text(equipment_type), reason,
+                "detectors start afresh", n, safe_for_log(equipment_type), reason,
             )  # fmt: skip
-
-
-def safe_text(text: str, limit: int = 80) -> str:
-    """``text`` for a log line: control characters escaped, length bounded."""
-    return safe_for_log(text, limit)
 
 
 class EquipmentLogic(StatefulBatchLogic[Reading, Scored | DeadLetter, bytes]):
@@ -235,7 +230,7 @@ class EquipmentLogic(StatefulBatchLogic[Reading, Scored | DeadLetter, bytes]):
         if last is None or st is None or st.since_ms is None or st.since_ms >= last:
             return
         log.info("re-baselining %s after its repair recorded at %s: window, detector "
-                 "warm-up and operating history start afresh", safe_text(reading.equipment_id),
+                 "warm-up and operating history start afresh", safe_for_log(reading.equipment_id),
                  ms_to_iso(last))  # fmt: skip
         metrics.STATE_REWARMS.labels(metrics.type_label(reading.equipment_type)).inc()
         self.state = self.runtime.new_equipment_state(reading)

@@ -69,7 +69,6 @@ class EquipmentState:
     _settings: np.ndarray | None = None
     _counts: list[float] | None = None
     equipment_type: str | None = None
-    _imputed = 0
     since_ms: int | None = None  # the first accepted reading's event time (re-baselining)
 
     def __init__(
@@ -121,7 +120,7 @@ class EquipmentState:
         self._remember(ts)
         if self.since_ms is None:
             self.since_ms = ts
-        row = self.window_row(reading)
+        row, imputed = self._window_row(reading)
         self.buffer.append(row)
         score, evidence = self._score(row)
         if self.detector.seen > self.detector.warmup:
@@ -133,7 +132,7 @@ class EquipmentState:
             score,
             self.anomaly_level,
             tuple(e[0] for e in evidence),
-            imputed=self._imputed,
+            imputed=imputed,
             complete=bool(np.all(row == row)),  # NaN: a sensor never seen yet
             sensor_evidence=evidence,
         )
@@ -142,7 +141,11 @@ class EquipmentState:
         """The reading as it enters the window: sensors in feature order (a missing one
         keeps its last value), normalised by its operating condition when the model has a
         normaliser; counts the reading towards its condition's share."""
-        row = self._row(reading.sensors)
+        return self._window_row(reading)[0]
+
+    def _window_row(self, reading: Reading) -> tuple[np.ndarray, int]:
+        """:meth:`window_row`, and how many of the model's sensors the reading lacked."""
+        row, missing = self._row(reading.sensors)
         norm = self.config.conditions
         condition = 0
         if norm is not None and self._settings is not None:
@@ -151,7 +154,7 @@ class EquipmentState:
             row = norm.normalise_one(row, condition)
         if self._counts is not None:
             self._counts[condition] += 1.0
-        return row
+        return row, missing
 
     def features(self) -> np.ndarray:
         """The model's input for the current window (plus the operating history:
@@ -174,9 +177,9 @@ class EquipmentState:
         if self.max_ts_ms is None or ts > self.max_ts_ms:
             self.max_ts_ms = ts
 
-    def _row(self, sensors: dict[str, float]) -> np.ndarray:
-        """The reading as a vector in feature order; a missing sensor keeps its last value
-        (NaN until first seen); extra sensors are ignored."""
+    def _row(self, sensors: dict[str, float]) -> tuple[np.ndarray, int]:
+        """The reading as a vector in feature order, and how many sensors it lacked; a
+        missing sensor keeps its last value (NaN until first seen); extras are ignored."""
         row = self._last_row.copy()
         missing = 0
         for i, name in enumerate(self.config.sensors):
@@ -186,8 +189,7 @@ class EquipmentState:
             else:
                 missing += 1
         self._last_row = row
-        self._imputed = missing
-        return row
+        return row, missing
 
     def _score(self, row: np.ndarray) -> tuple[float, tuple[SensorEvidence, ...]]:
         x: dict[str, float] = {}

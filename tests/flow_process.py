@@ -46,6 +46,18 @@ def flow_env(**settings: Any) -> dict[str, str]:
     return env
 
 
+def interrupt(proc: subprocess.Popen[bytes], timeout_s: float = 60.0) -> None:
+    """Stop a flow process as Ctrl-C does (SIGINT); kill it if it does not end in time."""
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
+
+
 class FlowProcesses:
     """``processes`` Bytewax processes of the flow (``workers`` each), one cluster, sharing
     one recovery directory (one partition per process, created on first start)."""

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import uuid
@@ -23,6 +22,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from connectors.simulator import main as simulator_main
 from models.equipment import EQUIPMENT_TYPES
+from tests.flow_process import interrupt
 from tests.private_services import free_port
 from tests.test_pg_faults import sample, scrape, wait_for
 
@@ -201,13 +201,7 @@ def test_endpoints_metrics_and_readiness_through_a_postgres_outage(
     finally:
         if pg_stopped:
             private_pg.start("postgres")
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
+        interrupt(proc)
         log.close()
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import uuid
@@ -21,6 +20,7 @@ from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from connectors.simulator import SimConfig, simulate
+from tests.flow_process import interrupt
 from tests.private_services import PrivateServices
 from tests.test_pg_faults import wait_for
 
@@ -88,13 +88,7 @@ def test_flow_resumes_after_a_broker_restart(private_kafka, fresh_db, tmp_path):
         print("flow log:\n" + log_path.read_text()[-4000:])
         raise
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
+        interrupt(proc)
         log.close()
     with psycopg.connect(fresh_db) as conn:
         row = conn.execute(
